@@ -1,0 +1,3 @@
+//! The meshpay simulator.
+//!
+//! Empty until the simulator issue lands; see `docs/` and the open issues.
