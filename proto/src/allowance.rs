@@ -201,10 +201,18 @@ impl TrustStore {
 
     /// Whether `key` may sign as issuer at instant `at`.
     pub fn is_issuer_at(&self, key: &PublicKey, at: Timestamp) -> bool {
+        self.is_issuer_for(key, at, at)
+    }
+
+    /// Whether `key` may sign something valid from `from` to `until`: the
+    /// root always, a certified key only inside its certificate's window. So
+    /// an allowance cannot outlive the certificate of the key that signed
+    /// it, and a retired key cannot sign anything that is still usable.
+    pub fn is_issuer_for(&self, key: &PublicKey, from: Timestamp, until: Timestamp) -> bool {
         *key == self.root
             || self
                 .certificates
                 .iter()
-                .any(|c| c.key == *key && c.not_before <= at && at <= c.not_after)
+                .any(|c| c.key == *key && c.not_before <= from && until <= c.not_after)
     }
 }

@@ -81,6 +81,10 @@ pub enum KeyError {
     /// The point has small order: anyone could forge signatures for it.
     #[error("public key has small order (weak key)")]
     Weak,
+    /// The point is valid but these are not its canonical 32 bytes (a
+    /// y-coordinate of p or more): one key must have one encoding.
+    #[error("public key encoding is not canonical")]
+    NonCanonical,
 }
 
 impl PublicKey {
@@ -92,6 +96,9 @@ impl PublicKey {
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::NotOnCurve)?;
         if key.is_weak() {
             return Err(KeyError::Weak);
+        }
+        if y_not_reduced(bytes) {
+            return Err(KeyError::NonCanonical);
         }
         Ok(PublicKey(key))
     }
@@ -117,6 +124,15 @@ impl PublicKey {
     pub(crate) fn dalek(&self) -> &VerifyingKey {
         &self.0
     }
+}
+
+/// Whether the 255-bit y-coordinate is `p = 2^255 - 19` or more. Such an
+/// encoding names the same point as `y - p` and is refused so that every key
+/// has one encoding. (The other non-canonical form, x = 0 with the sign bit
+/// set, only occurs for y = 1 or y = -1, both small-order and refused as
+/// weak.)
+fn y_not_reduced(bytes: &[u8; 32]) -> bool {
+    bytes[0] >= 0xED && bytes[1..31].iter().all(|&b| b == 0xFF) && bytes[31] & 0x7F == 0x7F
 }
 
 impl PartialOrd for PublicKey {
@@ -159,6 +175,36 @@ impl<'de> Deserialize<'de> for PublicKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes: [u8; 32] = crate::bytes::deserialize(d)?;
         PublicKey::from_bytes(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+byte_newtype!(
+    /// The 32 bytes of a public key, not yet checked to be a valid point.
+    ///
+    /// Used where a key is only compared or stored (the payee named in a
+    /// transfer body): decompressing a point costs about as much as a
+    /// quarter of a signature check, so it is done only when a signature is
+    /// checked against the key.
+    KeyBytes,
+    32
+);
+
+impl KeyBytes {
+    /// Checks the bytes as a [`PublicKey`].
+    pub fn to_public_key(&self) -> Result<PublicKey, KeyError> {
+        PublicKey::from_bytes(&self.0)
+    }
+}
+
+impl From<PublicKey> for KeyBytes {
+    fn from(k: PublicKey) -> KeyBytes {
+        KeyBytes(*k.as_bytes())
+    }
+}
+
+impl PartialEq<PublicKey> for KeyBytes {
+    fn eq(&self, other: &PublicKey) -> bool {
+        &self.0 == other.as_bytes()
     }
 }
 
@@ -221,9 +267,15 @@ pub struct BatchItem {
 /// by one at batch sizes in the thousands). Deterministic: the batch
 /// randomiser is derived from the inputs.
 ///
-/// Returns `Ok(())` only if every signature is valid. On failure it says
-/// nothing about which one failed: callers that need to know fall back to
-/// verifying each item with [`PublicKey::verify`].
+/// Returns `true` if the batch equation holds, `false` otherwise; a `false`
+/// says nothing about which item failed: callers that need to know fall back
+/// to [`PublicKey::verify`] one by one.
+///
+/// The batch equation is a little more permissive than
+/// [`PublicKey::verify`]'s strict check (it does not refuse a small-order
+/// component in `R`). Such a signature can only be made by the key's holder;
+/// strict single verification stays the definition of validity, and an
+/// offline payee always uses it.
 pub fn verify_batch(items: &[BatchItem]) -> bool {
     let messages: Vec<&[u8]> = items.iter().map(|i| i.message.as_slice()).collect();
     verify_batch_parts(
@@ -249,4 +301,49 @@ pub(crate) fn verify_batch_parts<'a>(
         return true;
     }
     ed25519_dalek::verify_batch(messages, &signatures, &keys).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every y in [p, 2^255) that decompresses to a valid point is refused as
+    /// non-canonical, while its reduced twin (y - p) is the canonical form.
+    #[test]
+    fn unreduced_y_is_refused_and_reduced_twin_is_not() {
+        let mut seen_valid_point = false;
+        for low in 0xEDu8..=0xFF {
+            for sign in [0u8, 0x80] {
+                let mut unreduced = [0xFFu8; 32];
+                unreduced[0] = low;
+                unreduced[31] = 0x7F | sign;
+                assert!(y_not_reduced(&unreduced));
+                let mut reduced = [0u8; 32];
+                reduced[0] = low - 0xED; // y - p
+                reduced[31] = sign;
+                assert!(!y_not_reduced(&reduced));
+                if let Ok(k) = PublicKey::from_bytes(&reduced) {
+                    seen_valid_point = true;
+                    assert_eq!(
+                        PublicKey::from_bytes(&unreduced),
+                        Err(KeyError::NonCanonical),
+                        "{k}"
+                    );
+                }
+            }
+        }
+        assert!(
+            seen_valid_point,
+            "the test must exercise at least one point"
+        );
+    }
+
+    #[test]
+    fn signatures_are_bound_to_their_domain_tag() {
+        let k = SecretKey::from_seed(&[7; 32]);
+        let sig = k.sign(domain::ALLOWANCE, b"terms");
+        assert!(k.public().verify(domain::ALLOWANCE, b"terms", &sig));
+        assert!(!k.public().verify(domain::REVOCATION_LIST, b"terms", &sig));
+        assert!(!k.public().verify(domain::ALLOWANCE, b"terms!", &sig));
+    }
 }

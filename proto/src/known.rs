@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::allowance::AllowanceId;
-use crate::conflict::{ConflictProof, detect};
+use crate::conflict::{ConflictProof, detect, over_limit};
 use crate::crypto::PublicKey;
 use crate::revocation::Revoked;
 use crate::transfer::SignedHeader;
@@ -56,11 +56,15 @@ impl KnownHeaders {
         if !header.verify_by(&allowance.allowance().wallet) {
             return Err(HeaderError::BadSignature(header.allowance));
         }
+        let on_its_face =
+            over_limit(&header, allowance.allowance()).then(|| ConflictProof::OverLimit {
+                header: header.clone(),
+            });
         let list = self.headers.entry(header.allowance).or_default();
         if list.contains(&header) {
             return Ok(None);
         }
-        let proof = list.iter().find_map(|h| detect(&header, h));
+        let proof = on_its_face.or_else(|| list.iter().find_map(|h| detect(&header, h)));
         list.push(header);
         if let Some(p) = &proof {
             self.conflicts

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::allowance::{AllowanceId, Currency, PayeeCredential};
 use crate::bytes::byte_newtype;
-use crate::crypto::{Hash, PublicKey, SecretKey, Signature, domain};
+use crate::crypto::{Hash, KeyBytes, PublicKey, SecretKey, Signature, domain};
 use crate::encoding::Encode;
 use crate::signed::{Signed, SignedTerms};
 use crate::time::Timestamp;
@@ -33,7 +33,7 @@ pub struct Invoice {
     /// Text shown to the payer, at most [`MAX_MEMO_LEN`] bytes.
     pub memo: Option<String>,
     /// The payee's class credential, for allowances restricted by class.
-    pub credential: Option<PayeeCredential>,
+    pub credential: Option<Box<PayeeCredential>>,
 }
 
 impl Encode for Invoice {
@@ -44,8 +44,9 @@ impl Encode for Invoice {
 /// Relays see only its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferBody {
-    /// Who is paid.
-    pub payee: PublicKey,
+    /// Who is paid (checked as a key only when the receipt's
+    /// acknowledgement is verified).
+    pub payee: KeyBytes,
     /// How much, in minor units.
     pub amount: u64,
     /// The invoice nonce.
@@ -241,11 +242,11 @@ impl Receipt {
 
     /// Whether the payee named in the body made the acknowledgement.
     pub fn verify_payee(&self) -> bool {
-        verify_ack(
-            &self.transfer.body.payee,
-            &self.transfer.id(),
-            &self.payee_signature,
-        )
+        self.transfer
+            .body
+            .payee
+            .to_public_key()
+            .is_ok_and(|payee| verify_ack(&payee, &self.transfer.id(), &self.payee_signature))
     }
 
     /// Both signatures: `payer` over the header, the body's payee over the id.
@@ -257,4 +258,22 @@ impl Receipt {
 /// Whether `payee` acknowledged transfer `id` with `signature`.
 pub fn verify_ack(payee: &PublicKey, id: &TransferId, signature: &Signature) -> bool {
     payee.verify(domain::RECEIPT_ACK, id.as_bytes(), signature)
+}
+
+/// Verifies the payer signatures of many transfers in one batch (what
+/// settlement does with a batch of receipts). `true` only if every one is
+/// valid; on `false`, verify one by one to find the culprits.
+pub fn verify_transfers_batch<'a>(
+    items: impl IntoIterator<Item = (&'a Transfer, &'a PublicKey)>,
+) -> bool {
+    let mut messages = Vec::new();
+    let mut signatures = Vec::new();
+    let mut keys = Vec::new();
+    for (t, k) in items {
+        messages.push(t.signed_header().signing_message());
+        signatures.push(&t.payer_signature);
+        keys.push(*k);
+    }
+    let slices: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    crate::crypto::verify_batch_parts(&slices, signatures.into_iter(), keys.into_iter())
 }

@@ -49,9 +49,10 @@ pub trait MeshView {
 pub struct VerifiedAllowance(Allowance);
 
 impl VerifiedAllowance {
-    /// Rules `issuer-trusted` and `issuer-signature`.
+    /// Rules `issuer-trusted` (the issuer key is the root, or certified for
+    /// the allowance's whole life) and `issuer-signature`.
     pub fn verify(allowance: Allowance, trust: &TrustStore) -> Result<Self, PaymentError> {
-        if !trust.is_issuer_at(&allowance.issuer, allowance.issued_at) {
+        if !trust.is_issuer_for(&allowance.issuer, allowance.issued_at, allowance.expires_at) {
             return Err(PaymentError::UntrustedIssuer);
         }
         if !allowance.verify_by(&allowance.issuer) {
@@ -370,10 +371,12 @@ pub fn check_against_known(
 ) -> Result<(), PaymentError> {
     let this = transfer.signed_header();
     let h = transfer.header();
+    // Conflicts first, over every header, so the answer does not depend on
+    // the order the mesh view lists them in.
+    if let Some(proof) = known.iter().find_map(|other| detect(&this, other)) {
+        return Err(PaymentError::Conflict(Box::new(proof)));
+    }
     for other in known {
-        if let Some(proof) = detect(&this, other) {
-            return Err(PaymentError::Conflict(Box::new(proof)));
-        }
         if other.seq.checked_add(1) == Some(h.seq) {
             let amount = transfer.body().amount;
             if other.cumulative.checked_add(amount) != Some(h.cumulative) {

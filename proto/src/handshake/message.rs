@@ -15,7 +15,7 @@ pub enum PaymentMessage {
     /// payer believes the payee has it.
     Transfer {
         /// The allowance, when sent along.
-        allowance: Option<Allowance>,
+        allowance: Option<Box<Allowance>>,
         /// The transfer.
         transfer: Transfer,
     },

@@ -43,7 +43,7 @@ pub enum PayeeEffect {
         /// The receipt, already signed by this payee, not yet released.
         receipt: Receipt,
         /// Its allowance.
-        allowance: Allowance,
+        allowance: Box<Allowance>,
     },
     /// The payer double-spent: store the proof and spread it first.
     RecordConflict(ConflictProof),
@@ -70,7 +70,7 @@ impl PayeeSession {
         amount: u64,
         currency: Currency,
         memo: Option<String>,
-        credential: Option<PayeeCredential>,
+        credential: Option<Box<PayeeCredential>>,
         rng: &mut R,
         now: Millis,
     ) -> Self {
@@ -184,14 +184,14 @@ impl PayeeSession {
 
     fn check_and_accept(
         &mut self,
-        sent: Option<Allowance>,
+        sent: Option<Box<Allowance>>,
         transfer: Transfer,
         ctx: &CheckContext<'_>,
     ) {
         let id = transfer.header().allowance;
         let allowance = match (sent, ctx.mesh.allowance(&id)) {
-            (Some(sent), Some(cached)) if *cached.allowance() == sent => Ok(cached),
-            (Some(sent), _) => VerifiedAllowance::verify(sent, ctx.trust),
+            (Some(sent), Some(cached)) if *cached.allowance() == *sent => Ok(cached),
+            (Some(sent), _) => VerifiedAllowance::verify(*sent, ctx.trust),
             (None, Some(cached)) => Ok(cached),
             (None, None) => Err(PaymentError::UnknownAllowance),
         };
@@ -204,7 +204,7 @@ impl PayeeSession {
                 let receipt = Receipt::acknowledge(transfer, &self.key);
                 self.effects.push_back(PayeeEffect::PersistReceipt {
                     receipt: receipt.clone(),
-                    allowance: allowance.into_inner(),
+                    allowance: Box::new(allowance.into_inner()),
                 });
                 self.state = PayeeState::AwaitingDurable(receipt);
             }

@@ -3,10 +3,10 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::{HandshakeError, PaymentMessage};
-use crate::allowance::Allowance;
-use crate::crypto::SecretKey;
+use crate::allowance::{Allowance, Restriction};
+use crate::crypto::{PublicKey, SecretKey, Signature};
 use crate::time::{Millis, Timestamp};
-use crate::transfer::{Invoice, Receipt, Transfer, TransferBody, verify_ack};
+use crate::transfer::{Invoice, Receipt, Transfer, TransferBody, TransferId, verify_ack};
 use crate::validate::{self, PaymentError, PaymentPolicy, Rule};
 
 /// The payer's durable counter for one allowance: the next sequence number
@@ -149,6 +149,11 @@ pub struct PayerSession {
     spend: SpendState,
     wall_clock: Timestamp,
     config: PayerConfig,
+    /// The payee's key from the invoice, decoded once, to check its
+    /// acknowledgement.
+    payee: Option<PublicKey>,
+    /// The invoice being paid, to recognise its repeats.
+    invoice: Option<Invoice>,
     state: PayerState,
     transmit: VecDeque<PaymentMessage>,
     effects: VecDeque<PayerEffect>,
@@ -171,6 +176,8 @@ impl PayerSession {
             spend,
             wall_clock,
             config,
+            payee: None,
+            invoice: None,
             state: PayerState::AwaitingInvoice,
             transmit: VecDeque::new(),
             effects: VecDeque::new(),
@@ -192,6 +199,10 @@ impl PayerSession {
         };
         let wall_clock = pending.body().payer_time;
         let mut s = Self::new(allowance, key, spend, wall_clock, config);
+        // Our own transfer: the key was valid when we signed it. Should it
+        // somehow not be, no acknowledgement verifies and the payment ends
+        // as uncertain.
+        s.payee = pending.body().payee.to_public_key().ok();
         s.state = PayerState::AwaitingDurable(pending);
         // Already durable: release it at once.
         let _ = s.spend_persisted(now);
@@ -223,76 +234,124 @@ impl PayerSession {
 
     /// Handles a message from the payee.
     pub fn handle(&mut self, message: PaymentMessage, now: Millis) -> Result<(), HandshakeError> {
-        match (message, &mut self.state) {
-            (PaymentMessage::Invoice(invoice), PayerState::AwaitingInvoice) => {
-                match self.precheck(&invoice) {
-                    Ok(()) => {
-                        self.effects
-                            .push_back(PayerEffect::Confirm(invoice.clone()));
-                        self.state = PayerState::AwaitingConfirmation(invoice);
-                    }
-                    Err(e) => self.state = PayerState::Refused(e),
-                }
+        match message {
+            PaymentMessage::Invoice(invoice) => self.handle_invoice(invoice),
+            PaymentMessage::Ack {
+                transfer,
+                signature,
+            } => self.handle_ack(transfer, signature),
+            PaymentMessage::Reject { transfer, rule } => self.handle_reject(transfer, rule, now),
+            PaymentMessage::Transfer { .. } => Err(self.unexpected("transfer")),
+        }
+    }
+
+    fn handle_invoice(&mut self, invoice: Invoice) -> Result<(), HandshakeError> {
+        if !matches!(self.state, PayerState::AwaitingInvoice) {
+            // The payee repeats its invoice until a transfer reaches it: a
+            // repeat of the one in hand is not an error.
+            return if self.invoice.as_ref() == Some(&invoice) {
                 Ok(())
-            }
-            (
-                PaymentMessage::Ack {
-                    transfer: id,
-                    signature,
-                },
-                PayerState::AwaitingAck { transfer, .. },
-            ) => {
-                if id != transfer.id() {
-                    return Err(HandshakeError::WrongTransfer);
-                }
-                if !verify_ack(&transfer.body().payee, &id, &signature) {
-                    return Err(HandshakeError::BadAcknowledgement);
-                }
-                let receipt = Receipt {
-                    transfer: transfer.clone(),
-                    payee_signature: signature,
-                };
+            } else {
+                Err(self.unexpected("invoice"))
+            };
+        }
+        match self.precheck(&invoice) {
+            Ok(()) => {
+                self.payee = Some(invoice.payee);
+                self.invoice = Some(invoice.clone());
                 self.effects
-                    .push_back(PayerEffect::StoreReceipt(receipt.clone()));
-                self.state = PayerState::Paid(receipt);
-                Ok(())
+                    .push_back(PayerEffect::Confirm(invoice.clone()));
+                self.state = PayerState::AwaitingConfirmation(invoice);
             }
-            (
-                PaymentMessage::Reject { transfer: id, rule },
-                PayerState::AwaitingAck {
-                    transfer,
-                    attempts,
-                    retry_at,
-                },
-            ) => {
-                if id != transfer.id() {
-                    return Err(HandshakeError::WrongTransfer);
-                }
-                if rule == Rule::AllowanceKnown {
-                    // The payee lacks the allowance: the same transfer again,
-                    // this time with it.
-                    self.transmit.push_back(PaymentMessage::Transfer {
-                        allowance: Some(self.allowance.clone()),
-                        transfer: transfer.clone(),
-                    });
-                    *attempts = attempts.saturating_add(1);
-                    *retry_at = now.plus(self.config.retry_interval_ms);
-                } else {
-                    self.state = PayerState::Rejected {
-                        transfer: transfer.clone(),
-                        rule,
-                    };
-                }
-                Ok(())
-            }
-            // Late duplicates after the end are harmless.
-            (PaymentMessage::Ack { .. } | PaymentMessage::Reject { .. }, s) if s.is_final() => {
-                Ok(())
-            }
-            (m, s) => Err(HandshakeError::Unexpected {
-                message: m.kind(),
-                state: s.name(),
-            }),
+            Err(e) => self.state = PayerState::Refused(e),
+        }
+        Ok(())
+    }
+
+    /// The one transfer released in this session, if any.
+    fn released(&self) -> Option<&Transfer> {
+        match &self.state {
+            PayerState::AwaitingAck { transfer, .. }
+            | PayerState::Rejected { transfer, .. }
+            | PayerState::Uncertain(transfer) => Some(transfer),
+            _ => None,
+        }
+    }
+
+    fn handle_ack(&mut self, id: TransferId, signature: Signature) -> Result<(), HandshakeError> {
+        if matches!(self.state, PayerState::Paid(_)) {
+            return Ok(()); // a duplicate
+        }
+        let Some(transfer) = self.released() else {
+            return Err(self.unexpected("ack"));
+        };
+        if id != transfer.id() {
+            return Err(HandshakeError::WrongTransfer);
+        }
+        let acknowledged = self
+            .payee
+            .as_ref()
+            .is_some_and(|payee| verify_ack(payee, &id, &signature));
+        if !acknowledged {
+            return Err(HandshakeError::BadAcknowledgement);
+        }
+        // Also after giving up or after a rejection: a late but genuine
+        // acknowledgement is the payer's proof of payment.
+        let receipt = Receipt {
+            transfer: transfer.clone(),
+            payee_signature: signature,
+        };
+        self.effects
+            .push_back(PayerEffect::StoreReceipt(receipt.clone()));
+        self.state = PayerState::Paid(receipt);
+        Ok(())
+    }
+
+    fn handle_reject(
+        &mut self,
+        id: TransferId,
+        rule: Rule,
+        now: Millis,
+    ) -> Result<(), HandshakeError> {
+        if self.state.is_final() {
+            return Ok(()); // late or duplicate
+        }
+        let PayerState::AwaitingAck {
+            transfer,
+            attempts,
+            retry_at,
+        } = &mut self.state
+        else {
+            return Err(self.unexpected("reject"));
+        };
+        if id != transfer.id() {
+            return Err(HandshakeError::WrongTransfer);
+        }
+        if rule == Rule::AllowanceKnown && *attempts < self.config.max_attempts {
+            // The payee lacks the allowance: the same transfer again, this
+            // time with it. Counted as an attempt, so a payee that keeps
+            // asking cannot keep the payer sending.
+            self.transmit.push_back(PaymentMessage::Transfer {
+                allowance: Some(Box::new(self.allowance.clone())),
+                transfer: transfer.clone(),
+            });
+            *attempts += 1;
+            *retry_at = now.plus(self.config.retry_interval_ms);
+        } else {
+            // Unauthenticated: the transfer may still have reached the
+            // payee, so its sequence number stays used either way.
+            self.state = PayerState::Rejected {
+                transfer: transfer.clone(),
+                rule,
+            };
+        }
+        Ok(())
+    }
+
+    fn unexpected(&self, message: &'static str) -> HandshakeError {
+        HandshakeError::Unexpected {
+            message,
+            state: self.state.name(),
         }
     }
 
@@ -301,6 +360,14 @@ impl PayerSession {
     fn precheck(&self, invoice: &Invoice) -> Result<(), PaymentError> {
         let a = &self.allowance;
         validate::check_currency(invoice, a)?;
+        // A key-set restriction the payer can check itself; a class
+        // restriction needs the payee's credential checked against the
+        // trust store, which the payee does.
+        if let Some(Restriction::Payees(set)) = &a.restriction
+            && !set.contains(&invoice.payee)
+        {
+            return Err(PaymentError::PayeeNotAllowed);
+        }
         validate::check_memo(invoice)?;
         validate::check_validity_window(a, self.wall_clock, &self.config.policy)?;
         if invoice.amount == 0 {
@@ -337,7 +404,7 @@ impl PayerSession {
         let seq = self.spend.next_seq;
         let cumulative = self.spend.cumulative + invoice.amount;
         let body = TransferBody {
-            payee: invoice.payee,
+            payee: invoice.payee.into(),
             amount: invoice.amount,
             nonce: invoice.nonce,
             payer_time: self.wall_clock,
@@ -372,7 +439,10 @@ impl PayerSession {
         };
         let transfer = transfer.clone();
         self.transmit.push_back(PaymentMessage::Transfer {
-            allowance: self.config.send_allowance.then(|| self.allowance.clone()),
+            allowance: self
+                .config
+                .send_allowance
+                .then(|| Box::new(self.allowance.clone())),
             transfer: transfer.clone(),
         });
         self.state = PayerState::AwaitingAck {
@@ -403,7 +473,10 @@ impl PayerSession {
         *attempts += 1;
         *retry_at = now.plus(self.config.retry_interval_ms);
         self.transmit.push_back(PaymentMessage::Transfer {
-            allowance: self.config.send_allowance.then(|| self.allowance.clone()),
+            allowance: self
+                .config
+                .send_allowance
+                .then(|| Box::new(self.allowance.clone())),
             transfer: transfer.clone(),
         });
     }
