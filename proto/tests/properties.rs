@@ -565,3 +565,19 @@ fn handshake_completes_on_a_clean_network_until_the_cap() {
         "later invoices were answered (refused)"
     );
 }
+
+proptest! {
+    /// Whatever the amounts, sequence numbers and times, a dual-signed
+    /// receipt fits one BLE packet with data length extension (244 bytes of
+    /// ATT payload), and so does the transfer message that carries it.
+    #[test]
+    fn receipt_always_fits_one_ble_packet((t, payer) in arb_transfer(), payee in arb_key()) {
+        let h = t.header();
+        let body = TransferBody { payee: payee.public().into(), ..t.body().clone() };
+        let t = Transfer::sign(h.allowance, h.seq, h.cumulative, body, &payer);
+        let message = PaymentMessage::Transfer { allowance: None, transfer: t.clone() }.encode();
+        let receipt = Receipt::acknowledge(t, &payee).encode();
+        prop_assert!(receipt.len() <= 244, "receipt of {} bytes", receipt.len());
+        prop_assert!(message.len() <= 244, "transfer message of {} bytes", message.len());
+    }
+}
