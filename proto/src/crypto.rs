@@ -37,6 +37,8 @@ pub mod domain {
     pub const SETTLEMENT_ACK: &[u8] = b"meshpay/v1/settlement-ack";
     /// Hash of a conflict proof (its identity in the ledger).
     pub const CONFLICT_PROOF: &[u8] = b"meshpay/v1/conflict-proof";
+    /// Hash of one ledger entry (key, value), XORed into the ledger digest.
+    pub const LEDGER_ENTRY: &[u8] = b"meshpay/v1/ledger-entry";
 }
 
 byte_newtype!(

@@ -249,16 +249,20 @@ impl PayerSession {
         if !matches!(self.state, PayerState::AwaitingInvoice) {
             // The payee repeats its invoice until a transfer reaches it: a
             // repeat of the one in hand is not an error.
-            return if self.invoice.as_ref() == Some(&invoice) {
+            let same = self.invoice.as_ref() == Some(&invoice)
+                || self.released().is_some_and(|t| {
+                    t.body().nonce == invoice.nonce && t.body().payee == invoice.payee
+                });
+            return if same {
                 Ok(())
             } else {
                 Err(self.unexpected("invoice"))
             };
         }
+        self.invoice = Some(invoice.clone());
         match self.precheck(&invoice) {
             Ok(()) => {
                 self.payee = Some(invoice.payee);
-                self.invoice = Some(invoice.clone());
                 self.effects
                     .push_back(PayerEffect::Confirm(invoice.clone()));
                 self.state = PayerState::AwaitingConfirmation(invoice);
@@ -337,6 +341,8 @@ impl PayerSession {
             });
             *attempts += 1;
             *retry_at = now.plus(self.config.retry_interval_ms);
+            // And with it on every retry from now on.
+            self.config.send_allowance = true;
         } else {
             // Unauthenticated: the transfer may still have reached the
             // payee, so its sequence number stays used either way.

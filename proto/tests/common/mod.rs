@@ -104,3 +104,50 @@ pub fn mesh() -> KnownHeaders {
     m.add_allowance(VerifiedAllowance::verify(allowance(), &trust()).expect("fixture allowance"));
     m
 }
+
+/// Wallet `i`: its key and an allowance of 1,000.00 with 1,000 payments,
+/// signed by the fixture issuer.
+pub fn wallet(i: u32) -> (SecretKey, Allowance) {
+    let mut seed = [0x77u8; 32];
+    seed[..4].copy_from_slice(&i.to_le_bytes());
+    let key = SecretKey::from_seed(&seed);
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&i.to_le_bytes());
+    id[15] = 0xEE;
+    let a = Allowance::sign(
+        AllowanceTerms {
+            id: AllowanceId(id),
+            wallet: key.public(),
+            amount: 100_000,
+            currency: eur(),
+            issued_at: NOW.minus(3_600),
+            expires_at: NOW.plus(7 * 86_400),
+            caps: Caps {
+                max_per_payment: 10_000,
+                max_payments: 1_000,
+            },
+            tier: 1,
+            restriction: None,
+            issuer: issuer().public(),
+        },
+        &issuer(),
+    );
+    (key, a)
+}
+
+/// A header of `allowance` signed by `key`; `nonce` tells bodies apart.
+pub fn header(
+    key: &SecretKey,
+    allowance: &Allowance,
+    seq: u32,
+    cumulative: u64,
+    nonce: u8,
+) -> SignedHeader {
+    let body = TransferBody {
+        payee: payee().public().into(),
+        amount: 100,
+        nonce: Nonce([nonce; 16]),
+        payer_time: NOW,
+    };
+    Transfer::sign(allowance.id, seq, cumulative, body, key).signed_header()
+}

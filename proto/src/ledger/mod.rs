@@ -1,0 +1,571 @@
+//! The partial ledger: every transfer header a node has heard of, with the
+//! allowances that check them, conflict proofs, revocation lists and
+//! settlement acknowledgements, held in a grow-only replicated map (an
+//! automerge document by default).
+//!
+//! - Merge is set union, so it is commutative, associative and idempotent.
+//! - Nothing enters unchecked: headers need a known allowance and the
+//!   wallet's signature, allowances the issuer's, proofs must verify, lists
+//!   and acknowledgements must be signed by a trusted issuer key. This holds
+//!   for local inserts and for everything a peer sends, which is inspected
+//!   before it is applied.
+//! - A conflict (two headers of one allowance that cannot both be honest,
+//!   or one invalid on its face) is found on local insert and on every
+//!   merge, including automerge's own concurrent-write conflicts on one
+//!   key, and recorded as a [`ConflictProof`].
+//! - [`PartialLedger::rotate_epoch`] starts a new document without what
+//!   settlement has acknowledged, so the ledger's size follows what is
+//!   still unsettled.
+
+mod entry;
+mod replica;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+pub use entry::{
+    Entry, EntryError, EntryKind, allowance_key, header_key, headers_prefix, proofs_prefix,
+};
+pub use replica::{AutomergeReplica, Inspected, Replica, ReplicaError};
+
+use crate::allowance::{Allowance, AllowanceId, TrustStore};
+use crate::conflict::{ConflictProof, ConflictProofError, detect, over_limit};
+use crate::crypto::{BatchItem, Hash, PublicKey, verify_batch};
+use crate::revocation::RevocationList;
+use crate::settlement_ack::SettlementAck;
+use crate::time::Timestamp;
+use crate::transfer::{SignedHeader, TransferId};
+use crate::validate::{MeshView, PaymentError, VerifiedAllowance};
+
+/// Why an entry was refused. The ledger is unchanged after any of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The value is not a well-formed entry for its key.
+    #[error(transparent)]
+    Entry(#[from] EntryError),
+    /// A header or proof for an allowance the ledger does not hold.
+    #[error("entry for unknown allowance {0}")]
+    UnknownAllowance(AllowanceId),
+    /// A header not signed by its allowance's wallet.
+    #[error("header {allowance}/{seq} is not signed by the allowance's wallet")]
+    BadHeaderSignature {
+        /// The allowance.
+        allowance: AllowanceId,
+        /// The sequence number.
+        seq: u32,
+    },
+    /// An allowance that fails the issuer checks.
+    #[error("allowance refused: {0}")]
+    Allowance(PaymentError),
+    /// A conflict proof that proves nothing.
+    #[error("conflict proof refused: {0}")]
+    Proof(ConflictProofError),
+    /// A revocation list or acknowledgement not signed by a trusted issuer.
+    #[error("{0} not signed by a trusted issuer key")]
+    UntrustedIssuer(&'static str),
+    /// The replica refused or failed.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+/// The result of a local insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Added.
+    New,
+    /// Already held; nothing changed.
+    Known,
+    /// The header conflicts with what the ledger holds: it was not added;
+    /// this proof was added instead (and should be spread first).
+    Conflict(ConflictProof),
+}
+
+/// What [`PartialLedger::rotate_epoch`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Allowances, and the proofs against them, are kept until this long
+    /// after they expire.
+    pub expiry_grace_secs: u64,
+    /// Settlement acknowledgements are kept this long after they were
+    /// issued, so that a peer still on an older epoch cannot bring settled
+    /// headers back.
+    pub ack_retention_secs: u64,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            expiry_grace_secs: 86_400,
+            ack_retention_secs: 7 * 86_400,
+        }
+    }
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rotation {
+    /// Entries carried into the new epoch.
+    pub kept: usize,
+    /// Entries left behind.
+    pub dropped: usize,
+}
+
+/// The partial ledger of one node.
+pub struct PartialLedger<R: Replica = AutomergeReplica> {
+    replica: R,
+    trust: TrustStore,
+    actor: Vec<u8>,
+    epoch: u64,
+    allowances: BTreeMap<AllowanceId, VerifiedAllowance>,
+    conflicted: BTreeSet<AllowanceId>,
+    revocations: Option<RevocationList>,
+    acks: BTreeMap<u64, SettlementAck>,
+    settled: HashSet<TransferId>,
+    digest: [u8; 32],
+    entries: usize,
+    /// Entries accepted from a peer whose automerge changes wait for
+    /// missing dependencies: indexed once they become visible.
+    pending: Vec<(String, Vec<u8>)>,
+}
+
+impl<R: Replica> core::fmt::Debug for PartialLedger<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PartialLedger")
+            .field("epoch", &self.epoch)
+            .field("entries", &self.entries)
+            .field("allowances", &self.allowances.len())
+            .field("conflicted", &self.conflicted.len())
+            .finish()
+    }
+}
+
+impl<R: Replica> PartialLedger<R> {
+    /// An empty ledger. `actor` names this node's writes in the replica
+    /// (derive it from the node's key; it must be unique per node).
+    pub fn new(actor: &[u8], trust: TrustStore) -> Self {
+        PartialLedger {
+            replica: R::empty(actor),
+            trust,
+            actor: actor.to_vec(),
+            epoch: 0,
+            allowances: BTreeMap::new(),
+            conflicted: BTreeSet::new(),
+            revocations: None,
+            acks: BTreeMap::new(),
+            settled: HashSet::new(),
+            digest: [0; 32],
+            entries: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Loads a saved ledger, checking every entry as if a peer had sent it.
+    /// `epoch` is the epoch number stored beside the bytes.
+    pub fn load(
+        bytes: &[u8],
+        epoch: u64,
+        actor: &[u8],
+        trust: TrustStore,
+    ) -> Result<Self, LedgerError> {
+        let replica = R::load(bytes, actor)?;
+        let mut ledger = PartialLedger::new(actor, trust);
+        ledger.epoch = epoch;
+        let mut all = Vec::new();
+        for (key, values) in replica.scan("") {
+            if values.is_empty() {
+                return Err(EntryError::UnknownKey.into());
+            }
+            for v in values {
+                all.push((key.clone(), v));
+            }
+        }
+        let checked = ledger.check_batch(&all)?;
+        ledger.replica = replica;
+        for (key, value, entry) in checked {
+            ledger.index(&key, &value, entry);
+        }
+        Ok(ledger)
+    }
+
+    /// The whole ledger as bytes (store beside it the epoch number).
+    pub fn save(&mut self) -> Vec<u8> {
+        self.replica.save()
+    }
+
+    /// What changed since the last save, to append to the stored bytes.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.replica.save_incremental()
+    }
+
+    /// The epoch: how many times the ledger has been rotated.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The trust store entries are checked against.
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
+    /// The replica (for sync and measurements).
+    pub fn replica(&self) -> &R {
+        &self.replica
+    }
+
+    /// Distinct `(key, value)` entries held.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether the ledger holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// An order-independent digest of the entries held: two ledgers with
+    /// the same entries have the same digest, whatever their histories.
+    pub fn digest(&self) -> Hash {
+        let mut data = self.digest.to_vec();
+        data.extend_from_slice(&(self.entries as u64).to_le_bytes());
+        Hash::tagged(crate::crypto::domain::LEDGER_ENTRY, &data)
+    }
+
+    /// Adds one entry made or learnt locally (a payment's header, an
+    /// allowance from a payer, a proof or list from a gateway).
+    pub fn insert(&mut self, entry: Entry) -> Result<Inserted, LedgerError> {
+        let key = entry.key();
+        let value = entry.encode_value();
+        if self.replica.values(&key).contains(&value) {
+            return Ok(Inserted::Known);
+        }
+        self.check_batch(&[(key.clone(), value.clone())])?;
+        if let Entry::Header(h) = &entry
+            && let Some(proof) = self.conflict_with_held(h)
+        {
+            // The conflicting header stays out (one honest value per key);
+            // the proof, which carries it, goes in.
+            self.insert(Entry::Proof(proof.clone()))?;
+            return Ok(Inserted::Conflict(proof));
+        }
+        self.replica.put_all(&[(key.clone(), value.clone())]);
+        self.index(&key, &value, entry);
+        Ok(Inserted::New)
+    }
+
+    /// Every conflict proof held.
+    pub fn proofs(&self) -> Vec<ConflictProof> {
+        self.decoded("p")
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Proof(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The newest revocation list held.
+    pub fn revocations(&self) -> Option<&RevocationList> {
+        self.revocations.as_ref()
+    }
+
+    /// Every settlement acknowledgement held.
+    pub fn acks(&self) -> impl Iterator<Item = &SettlementAck> {
+        self.acks.values()
+    }
+
+    /// Whether settlement has acknowledged the transfer (either way).
+    pub fn is_settled(&self, id: &TransferId) -> bool {
+        self.settled.contains(id)
+    }
+
+    /// Every header held, in key order.
+    pub fn all_headers(&self) -> Vec<SignedHeader> {
+        self.decoded("h")
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Header(h) => Some(h),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every entry held, in key order (for export and tests).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.decoded("")
+    }
+
+    fn decoded(&self, prefix: &str) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for (key, values) in self.replica.scan(prefix) {
+            for v in values {
+                // Everything in the replica was checked on the way in.
+                if let Ok(e) = Entry::decode(&key, &v) {
+                    out.push(e);
+                }
+            }
+        }
+        out
+    }
+
+    /// The urgent part of the ledger: what a sync sends before anything
+    /// else.
+    pub fn urgent(&self) -> (Vec<ConflictProof>, Option<RevocationList>) {
+        (self.proofs(), self.revocations.clone())
+    }
+
+    /// A proof if `h` conflicts with a held header, or is invalid on its face.
+    fn conflict_with_held(&self, h: &SignedHeader) -> Option<ConflictProof> {
+        let allowance = self.allowances.get(&h.allowance)?;
+        if over_limit(h, allowance.allowance()) {
+            return Some(ConflictProof::OverLimit { header: h.clone() });
+        }
+        self.headers(&h.allowance)
+            .iter()
+            .find_map(|other| detect(h, other))
+    }
+
+    /// Checks a batch of `(key, value)` pairs against the ledger and each
+    /// other; returns them decoded, or the first error. Changes nothing.
+    fn check_batch(
+        &self,
+        batch: &[(String, Vec<u8>)],
+    ) -> Result<Vec<(String, Vec<u8>, Entry)>, LedgerError> {
+        let mut decoded = Vec::with_capacity(batch.len());
+        for (k, v) in batch {
+            decoded.push((k.clone(), v.clone(), Entry::decode(k, v)?));
+        }
+        decoded.sort_by_key(|(_, _, e)| e.kind());
+        // Allowances first: the headers and proofs of the batch may need them.
+        let mut fresh: BTreeMap<AllowanceId, Allowance> = BTreeMap::new();
+        let mut headers: Vec<BatchItem> = Vec::new();
+        for (_, _, entry) in &decoded {
+            match entry {
+                Entry::Allowance(a) => {
+                    if !self.allowances.contains_key(&a.id) {
+                        VerifiedAllowance::verify(a.clone(), &self.trust)
+                            .map_err(LedgerError::Allowance)?;
+                    }
+                    fresh.insert(a.id, a.clone());
+                }
+                Entry::Revocations(r) => {
+                    if !self.trust.is_issuer_at(&r.issuer, r.issued_at) || !r.verify_by(&r.issuer) {
+                        return Err(LedgerError::UntrustedIssuer("revocation list"));
+                    }
+                }
+                Entry::Ack(k) => {
+                    if !self.trust.is_issuer_at(&k.issuer, k.issued_at) || !k.verify_by(&k.issuer) {
+                        return Err(LedgerError::UntrustedIssuer("settlement acknowledgement"));
+                    }
+                }
+                Entry::Proof(p) => {
+                    let a = self.allowance_for(&p.allowance(), &fresh)?;
+                    p.verify(&a).map_err(LedgerError::Proof)?;
+                }
+                Entry::Header(h) => {
+                    let a = self.allowance_for(&h.allowance, &fresh)?;
+                    headers.push(BatchItem {
+                        message: h.signing_message(),
+                        signature: h.signature,
+                        key: a.wallet,
+                    });
+                }
+            }
+        }
+        // One batch verification for all headers; on failure find the culprit.
+        if !verify_batch(&headers) {
+            for (_, _, entry) in &decoded {
+                if let Entry::Header(h) = entry {
+                    let a = self.allowance_for(&h.allowance, &fresh)?;
+                    if !h.verify_by(&a.wallet) {
+                        return Err(LedgerError::BadHeaderSignature {
+                            allowance: h.allowance,
+                            seq: h.seq,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(decoded)
+    }
+
+    fn allowance_for(
+        &self,
+        id: &AllowanceId,
+        fresh: &BTreeMap<AllowanceId, Allowance>,
+    ) -> Result<Allowance, LedgerError> {
+        self.allowances
+            .get(id)
+            .map(|v| v.allowance().clone())
+            .or_else(|| fresh.get(id).cloned())
+            .ok_or(LedgerError::UnknownAllowance(*id))
+    }
+
+    /// Updates the in-memory indexes for an entry now visible in the replica.
+    fn index(&mut self, key: &str, value: &[u8], entry: Entry) {
+        let part = Entry::digest_part(key, value);
+        for (d, p) in self.digest.iter_mut().zip(part.as_bytes()) {
+            *d ^= p;
+        }
+        self.entries += 1;
+        match entry {
+            Entry::Allowance(a) => {
+                // Checked in check_batch.
+                self.allowances
+                    .entry(a.id)
+                    .or_insert_with(|| VerifiedAllowance::checked(a));
+            }
+            Entry::Proof(p) => {
+                self.conflicted.insert(p.allowance());
+            }
+            Entry::Revocations(r) => {
+                if self
+                    .revocations
+                    .as_ref()
+                    .is_none_or(|old| old.version < r.version)
+                {
+                    self.revocations = Some(r);
+                }
+            }
+            Entry::Ack(k) => {
+                self.settled.extend(k.outcomes.keys().copied());
+                self.acks.insert(k.serial, k);
+            }
+            Entry::Header(_) => {}
+        }
+    }
+
+    /// Checks a peer's reconciliation message and, if every new entry in it
+    /// passes, applies it. On any error nothing from this message enters
+    /// the ledger. Returns the conflict proofs the merge produced.
+    pub fn receive(
+        &mut self,
+        peer: &mut R::PeerState,
+        message: &[u8],
+    ) -> Result<Vec<ConflictProof>, LedgerError> {
+        let inspected = self.replica.inspect(message)?;
+        let checked = self.check_batch(&inspected.new_entries)?;
+        self.replica.apply(peer, inspected)?;
+        let mut waiting = std::mem::take(&mut self.pending);
+        waiting.extend(checked.into_iter().map(|(k, v, _)| (k, v)));
+        let mut new_headers = Vec::new();
+        for (key, value) in waiting {
+            if !self.replica.values(&key).contains(&value) {
+                self.pending.push((key, value));
+                continue;
+            }
+            // Decoded and checked above (or when it became pending).
+            let Ok(entry) = Entry::decode(&key, &value) else {
+                continue;
+            };
+            if let Entry::Header(h) = &entry {
+                new_headers.push(h.clone());
+            }
+            self.index(&key, &value, entry);
+        }
+        // Conflicts the merge brought together, including automerge's
+        // concurrent writes to one key.
+        let mut proofs = Vec::new();
+        for h in &new_headers {
+            if let Some(p) = self.conflict_with_held(h)
+                && !proofs.contains(&p)
+                && !self.conflicted.contains(&p.allowance())
+            {
+                proofs.push(p);
+            }
+        }
+        for p in &proofs {
+            self.insert(Entry::Proof(p.clone()))?;
+        }
+        Ok(proofs)
+    }
+
+    /// The next reconciliation message for a peer.
+    pub fn sync_message(&mut self, peer: &mut R::PeerState) -> Option<Vec<u8>> {
+        self.replica.sync_message(peer)
+    }
+
+    /// The next reconciliation message once the peer said it is done.
+    pub fn sync_message_after_peer_done(&mut self, peer: &mut R::PeerState) -> Option<Vec<u8>> {
+        self.replica.sync_message_after_peer_done(peer)
+    }
+
+    /// Starts a new epoch: a fresh replica holding only what is still
+    /// needed: unsettled headers, allowances and the proofs against them
+    /// until `expiry_grace` after they expire, the newest revocation list,
+    /// and recent acknowledgements. Peer sync states made before must be
+    /// dropped (they name the old epoch).
+    pub fn rotate_epoch(&mut self, now: Timestamp, policy: &RetentionPolicy) -> Rotation {
+        let alive = |a: &Allowance| now.minus(policy.expiry_grace_secs) <= a.expires_at;
+        let mut kept = Vec::new();
+        let mut rotation = Rotation::default();
+        for (key, values) in self.replica.scan("") {
+            for value in values {
+                let Ok(entry) = Entry::decode(&key, &value) else {
+                    continue;
+                };
+                let keep = match &entry {
+                    Entry::Header(h) => !self.settled.contains(&h.id()),
+                    Entry::Allowance(a) => alive(a),
+                    Entry::Proof(p) => self
+                        .allowances
+                        .get(&p.allowance())
+                        .is_none_or(|a| alive(a.allowance())),
+                    Entry::Revocations(r) => self
+                        .revocations
+                        .as_ref()
+                        .is_some_and(|newest| newest.version == r.version),
+                    Entry::Ack(k) => now.minus(policy.ack_retention_secs) <= k.issued_at,
+                };
+                if keep {
+                    kept.push((key.clone(), value, entry));
+                    rotation.kept += 1;
+                } else {
+                    rotation.dropped += 1;
+                }
+            }
+        }
+        let settled = std::mem::take(&mut self.settled);
+        let mut fresh = PartialLedger::<R>::new(&self.actor, self.trust.clone());
+        fresh.epoch = self.epoch + 1;
+        let pairs: Vec<(String, Vec<u8>)> = kept
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect();
+        fresh.replica.put_all(&pairs);
+        for (key, value, entry) in kept {
+            fresh.index(&key, &value, entry);
+        }
+        // What settled stays known as settled, so it is not taken back in.
+        fresh.settled.extend(settled);
+        *self = fresh;
+        rotation
+    }
+}
+
+impl<R: Replica> MeshView for PartialLedger<R> {
+    fn is_revoked(&self, allowance: &AllowanceId, wallet: &PublicKey) -> bool {
+        self.revocations
+            .as_ref()
+            .is_some_and(|r| r.revokes(allowance, wallet))
+    }
+
+    fn has_conflict(&self, allowance: &AllowanceId) -> bool {
+        self.conflicted.contains(allowance)
+    }
+
+    fn headers(&self, allowance: &AllowanceId) -> Vec<SignedHeader> {
+        let mut out = Vec::new();
+        for (key, values) in self.replica.scan(&headers_prefix(allowance)) {
+            for v in values {
+                if let Ok(Entry::Header(h)) = Entry::decode(&key, &v) {
+                    out.push(h);
+                }
+            }
+        }
+        out
+    }
+
+    fn allowance(&self, id: &AllowanceId) -> Option<VerifiedAllowance> {
+        self.allowances.get(id).cloned()
+    }
+}

@@ -1,0 +1,352 @@
+//! The replicated map under the partial ledger, behind a narrow trait, and
+//! its automerge implementation.
+//!
+//! [`Replica`] is the seam where another set reconciliation (for example a
+//! range-based one) could replace automerge: the ledger only ever asks a
+//! replica to add values under keys, list values by key or prefix, save and
+//! load itself, and exchange opaque reconciliation messages with a peer,
+//! each of which it can inspect *before* applying it.
+
+use std::collections::HashSet;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ROOT, ReadDoc, ScalarValue, Value};
+
+/// A grow-only multi-map from string keys to byte values that two peers
+/// can reconcile.
+pub trait Replica: Sized {
+    /// What is remembered about one peer between sessions.
+    type PeerState: Default;
+    /// A parsed peer message.
+    type Message;
+
+    /// Every value under `key` (more than one after concurrent writes).
+    fn values(&self, key: &str) -> Vec<Vec<u8>>;
+    /// Every key starting with `prefix`, in key order, with its values.
+    fn scan(&self, prefix: &str) -> Vec<(String, Vec<Vec<u8>>)>;
+    /// Adds values under keys that hold none yet locally (it never
+    /// overwrites: a grow-only set).
+    fn put_all(&mut self, entries: &[(String, Vec<u8>)]);
+    /// Number of keys.
+    fn len(&self) -> usize;
+    /// Whether there are no keys.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next reconciliation message for `peer`, if any.
+    fn sync_message(&mut self, peer: &mut Self::PeerState) -> Option<Vec<u8>>;
+    /// The peer said it has nothing more to send, so whatever was in flight
+    /// to it has been processed: forget any wait for an answer and produce
+    /// the next message, if any.
+    fn sync_message_after_peer_done(&mut self, peer: &mut Self::PeerState) -> Option<Vec<u8>>;
+    /// Parses a peer's message and lists the `(key, value)` pairs it would
+    /// add that this replica does not hold yet, without applying anything.
+    fn inspect(&self, message: &[u8]) -> Result<Inspected<Self>, ReplicaError>;
+    /// Applies a message that [`Replica::inspect`] accepted.
+    fn apply(
+        &mut self,
+        peer: &mut Self::PeerState,
+        inspected: Inspected<Self>,
+    ) -> Result<(), ReplicaError>;
+
+    /// The whole replica as bytes.
+    fn save(&mut self) -> Vec<u8>;
+    /// What changed since the last `save` or `save_incremental`.
+    fn save_incremental(&mut self) -> Vec<u8>;
+    /// Loads a replica saved by [`Replica::save`] (followed by any number of
+    /// [`Replica::save_incremental`] outputs, concatenated).
+    fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError>;
+    /// An empty replica writing as `actor`.
+    fn empty(actor: &[u8]) -> Self;
+
+    /// Peer state as bytes, for the node's storage.
+    fn encode_peer_state(state: &Self::PeerState) -> Vec<u8>;
+    /// Peer state from bytes (a damaged one is an error, not a panic).
+    fn decode_peer_state(bytes: &[u8]) -> Result<Self::PeerState, ReplicaError>;
+}
+
+/// A peer message that has been parsed and listed but not applied.
+pub struct Inspected<R: Replica> {
+    /// New `(key, value)` pairs the message would add.
+    pub new_entries: Vec<(String, Vec<u8>)>,
+    /// Wire size of the message.
+    pub size: usize,
+    pub(crate) message: R::Message,
+}
+
+impl<R: Replica> core::fmt::Debug for Inspected<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Inspected")
+            .field("new_entries", &self.new_entries.len())
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// Why a replica operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// The saved bytes do not load.
+    #[error("saved ledger does not load: {0}")]
+    Load(String),
+    /// A peer message does not parse.
+    #[error("malformed sync message: {0}")]
+    Malformed(String),
+    /// A peer message holds an operation the ledger never makes (a delete,
+    /// a nested object, an overwrite, a non-bytes value).
+    #[error("sync message holds a forbidden operation: {0}")]
+    ForbiddenOperation(&'static str),
+    /// Applying failed inside the CRDT.
+    #[error("sync message could not be applied: {0}")]
+    Apply(String),
+}
+
+/// The automerge implementation: one automerge document whose root map is
+/// the ledger's map. Keys live directly in the root (nested maps created by
+/// two nodes concurrently would conflict as objects).
+pub struct AutomergeReplica {
+    doc: Automerge,
+    /// Heads as of the last save, for incremental saves.
+    saved_heads: Vec<automerge::ChangeHash>,
+}
+
+impl core::fmt::Debug for AutomergeReplica {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AutomergeReplica")
+            .field("keys", &self.doc.length(ROOT))
+            .finish()
+    }
+}
+
+/// Byte 0..4 of every automerge storage chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const CHUNK_DOCUMENT: u8 = 0;
+
+/// Splits a buffer of concatenated automerge storage chunks (magic, 4-byte
+/// checksum, type byte, LEB128 length, data) into `(type, whole chunk)`.
+fn split_chunks(mut data: &[u8]) -> Result<Vec<(u8, &[u8])>, ReplicaError> {
+    let bad = |why: &str| ReplicaError::Malformed(format!("change chunk: {why}"));
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 9 || data[..4] != CHUNK_MAGIC {
+            return Err(bad("bad magic bytes"));
+        }
+        let kind = data[8];
+        let mut len: u64 = 0;
+        let mut shift = 0u32;
+        let mut i = 9;
+        loop {
+            let b = *data.get(i).ok_or_else(|| bad("truncated length"))?;
+            if shift > 56 {
+                return Err(bad("length too long"));
+            }
+            len |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| i.checked_add(l))
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| bad("truncated chunk"))?;
+        out.push((kind, &data[..end]));
+        data = &data[end..];
+    }
+    Ok(out)
+}
+
+/// Checks one change's operations are ledger writes (a bytes value put
+/// into the root map under a key, overwriting nothing) and lists them.
+fn ledger_ops(
+    change: &automerge::Change,
+    out: &mut Vec<(String, Vec<u8>)>,
+) -> Result<(), ReplicaError> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    for op in change.decode().operations {
+        if op.obj != ObjectId::Root {
+            return Err(ReplicaError::ForbiddenOperation(
+                "write outside the root map",
+            ));
+        }
+        if op.insert || !op.pred.is_empty() {
+            return Err(ReplicaError::ForbiddenOperation("insert or overwrite"));
+        }
+        let Key::Map(key) = op.key else {
+            return Err(ReplicaError::ForbiddenOperation("sequence key"));
+        };
+        let OpType::Put(ScalarValue::Bytes(value)) = op.action else {
+            return Err(ReplicaError::ForbiddenOperation("not a bytes value"));
+        };
+        out.push((key.to_string(), value));
+    }
+    Ok(())
+}
+
+impl AutomergeReplica {
+    fn actor(actor: &[u8]) -> ActorId {
+        ActorId::from(actor)
+    }
+
+    /// The automerge document (for measurements).
+    pub fn doc(&self) -> &Automerge {
+        &self.doc
+    }
+}
+
+impl Replica for AutomergeReplica {
+    type PeerState = sync::State;
+    type Message = sync::Message;
+
+    fn values(&self, key: &str) -> Vec<Vec<u8>> {
+        let Ok(all) = self.doc.get_all(ROOT, key) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Vec<u8>> = Vec::with_capacity(all.len());
+        for (v, _) in all {
+            if let Value::Scalar(s) = v
+                && let ScalarValue::Bytes(b) = s.as_ref()
+                // Two nodes that wrote the same value concurrently leave two
+                // equal values: one entry.
+                && !out.contains(b)
+            {
+                out.push(b.clone());
+            }
+        }
+        out
+    }
+
+    fn scan(&self, prefix: &str) -> Vec<(String, Vec<Vec<u8>>)> {
+        // Keys are ASCII: every key with the prefix sorts between the prefix
+        // and the prefix followed by the highest ASCII character.
+        let end = format!("{prefix}\u{7f}");
+        self.doc
+            .map_range(ROOT, prefix.to_string()..end)
+            .map(|item| item.key.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|k| {
+                let v = self.values(&k);
+                (k, v)
+            })
+            .collect()
+    }
+
+    fn put_all(&mut self, entries: &[(String, Vec<u8>)]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut tx = self.doc.transaction();
+        let mut any = false;
+        for (key, value) in entries {
+            if tx.get(ROOT, key.as_str()).ok().flatten().is_none() {
+                // Putting into the root map with a string key cannot fail.
+                let _ = tx.put(ROOT, key.as_str(), ScalarValue::Bytes(value.clone()));
+                any = true;
+            }
+        }
+        if any {
+            // Time 0: the protocol has no use for automerge's wall-clock
+            // stamp, and proto reads no clock.
+            tx.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+        } else {
+            tx.rollback();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.doc.length(ROOT)
+    }
+
+    fn sync_message(&mut self, peer: &mut sync::State) -> Option<Vec<u8>> {
+        self.doc
+            .generate_sync_message(peer)
+            .map(sync::Message::encode)
+    }
+
+    fn sync_message_after_peer_done(&mut self, peer: &mut sync::State) -> Option<Vec<u8>> {
+        peer.in_flight = false;
+        self.sync_message(peer)
+    }
+
+    fn inspect(&self, message: &[u8]) -> Result<Inspected<Self>, ReplicaError> {
+        let parsed =
+            sync::Message::decode(message).map_err(|e| ReplicaError::Malformed(e.to_string()))?;
+        let mut ops = Vec::new();
+        for chunk in parsed.changes.iter() {
+            for (kind, bytes) in split_chunks(chunk)? {
+                if kind == CHUNK_DOCUMENT {
+                    let doc = Automerge::load(bytes)
+                        .map_err(|e| ReplicaError::Malformed(e.to_string()))?;
+                    for change in doc.get_changes(&[]) {
+                        ledger_ops(&change, &mut ops)?;
+                    }
+                } else {
+                    let change = automerge::Change::from_bytes(bytes.to_vec())
+                        .map_err(|e| ReplicaError::Malformed(e.to_string()))?;
+                    ledger_ops(&change, &mut ops)?;
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        let new_entries = ops
+            .into_iter()
+            .filter(|(k, v)| !self.values(k).contains(v) && seen.insert((k.clone(), v.clone())))
+            .collect();
+        Ok(Inspected {
+            new_entries,
+            size: message.len(),
+            message: parsed,
+        })
+    }
+
+    fn apply(
+        &mut self,
+        peer: &mut sync::State,
+        inspected: Inspected<Self>,
+    ) -> Result<(), ReplicaError> {
+        self.doc
+            .receive_sync_message(peer, inspected.message)
+            .map_err(|e| ReplicaError::Apply(e.to_string()))
+    }
+
+    fn save(&mut self) -> Vec<u8> {
+        self.saved_heads = self.doc.get_heads();
+        self.doc.save()
+    }
+
+    fn save_incremental(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save_after(&self.saved_heads);
+        self.saved_heads = self.doc.get_heads();
+        bytes
+    }
+
+    fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError> {
+        let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
+        let saved_heads = doc.get_heads();
+        Ok(AutomergeReplica {
+            doc: doc.with_actor(Self::actor(actor)),
+            saved_heads,
+        })
+    }
+
+    fn empty(actor: &[u8]) -> Self {
+        AutomergeReplica {
+            doc: Automerge::new().with_actor(Self::actor(actor)),
+            saved_heads: Vec::new(),
+        }
+    }
+
+    fn encode_peer_state(state: &sync::State) -> Vec<u8> {
+        state.encode()
+    }
+
+    fn decode_peer_state(bytes: &[u8]) -> Result<sync::State, ReplicaError> {
+        sync::State::decode(bytes).map_err(|e| ReplicaError::Malformed(e.to_string()))
+    }
+}

@@ -1,0 +1,784 @@
+//! The partial ledger and sync sessions: conflicts on insert and merge,
+//! convergence under random sync schedules, hostile peers, frame sizes,
+//! save/load and epochs.
+
+mod common;
+
+use common::*;
+use meshpay_proto::ledger::{Entry, Inserted, LedgerError, PartialLedger, RetentionPolicy};
+use meshpay_proto::prelude::*;
+use meshpay_proto::sync::frame::FrameError;
+use meshpay_proto::sync::{SyncConfig, SyncError, SyncMessage, SyncSession, SyncStats};
+use proptest::prelude::*;
+
+type Ledger = PartialLedger;
+type PeerState = automerge::sync::State;
+
+fn ledger(node: u8) -> Ledger {
+    Ledger::new(&[node; 16], trust())
+}
+
+/// A ledger holding wallet `w`'s allowance.
+fn with_wallets(node: u8, wallets: &[u32]) -> Ledger {
+    let mut l = ledger(node);
+    for &w in wallets {
+        l.insert(Entry::Allowance(wallet(w).1)).expect("allowance");
+    }
+    l
+}
+
+/// Runs a whole session between `a` and `b` in memory, frames moving in
+/// alternation. Returns both sides' stats.
+fn sync_with(
+    a: &mut Ledger,
+    b: &mut Ledger,
+    config: SyncConfig,
+) -> Result<(SyncStats, SyncStats), SyncError> {
+    let mut sa = SyncSession::new(a, PeerState::new(), config, Millis(0));
+    let mut sb = SyncSession::new(b, PeerState::new(), config, Millis(0));
+    for step in 0..100_000u64 {
+        let mut moved = false;
+        if let Some(f) = sa.poll_transmit() {
+            sb.handle_frame(b, &f, Millis(step))?;
+            moved = true;
+        }
+        if let Some(f) = sb.poll_transmit() {
+            sa.handle_frame(a, &f, Millis(step))?;
+            moved = true;
+        }
+        if sa.is_finished() && sb.is_finished() {
+            return Ok((sa.stats().clone(), sb.stats().clone()));
+        }
+        assert!(moved, "session stuck: {sa:?} {sb:?}");
+    }
+    panic!("session did not finish");
+}
+
+fn sync(a: &mut Ledger, b: &mut Ledger) -> (SyncStats, SyncStats) {
+    sync_with(a, b, SyncConfig::default()).expect("honest sync")
+}
+
+fn copy(l: &mut Ledger, node: u8) -> Ledger {
+    Ledger::load(&l.save(), l.epoch(), &[node; 16], trust()).expect("reload")
+}
+
+#[test]
+fn insert_refuses_unknown_allowance_and_bad_signature() {
+    let (k, a) = wallet(1);
+    let mut l = ledger(1);
+    let h = header(&k, &a, 1, 100, 1);
+    assert_eq!(
+        l.insert(Entry::Header(h.clone())),
+        Err(LedgerError::UnknownAllowance(a.id))
+    );
+    l.insert(Entry::Allowance(a.clone())).expect("allowance");
+    // Signed by another wallet's key.
+    let (other, _) = wallet(2);
+    let forged = header(&other, &a, 1, 100, 1);
+    assert!(matches!(
+        l.insert(Entry::Header(forged)),
+        Err(LedgerError::BadHeaderSignature { seq: 1, .. })
+    ));
+    assert_eq!(l.len(), 1, "only the allowance");
+    assert_eq!(l.insert(Entry::Header(h.clone())), Ok(Inserted::New));
+    assert_eq!(l.insert(Entry::Header(h)), Ok(Inserted::Known));
+    assert_eq!(l.len(), 2);
+}
+
+#[test]
+fn insert_refuses_an_allowance_from_an_untrusted_issuer() {
+    let mut l = ledger(1);
+    let mut terms = wallet(1).1.terms.clone();
+    terms.issuer = key(9).public();
+    let forged = Allowance::sign(terms, &key(9));
+    assert!(matches!(
+        l.insert(Entry::Allowance(forged)),
+        Err(LedgerError::Allowance(PaymentError::UntrustedIssuer))
+    ));
+    assert!(l.is_empty());
+}
+
+#[test]
+fn local_insert_of_a_fork_yields_a_proof_instead_of_the_header() {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    l.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("first");
+    let Ok(Inserted::Conflict(proof)) = l.insert(Entry::Header(header(&k, &a, 1, 100, 2))) else {
+        panic!("expected a conflict");
+    };
+    assert!(matches!(proof, ConflictProof::Fork { .. }));
+    proof.verify(&a).expect("proof verifies");
+    assert!(l.has_conflict(&a.id));
+    assert_eq!(l.headers(&a.id).len(), 1, "the second header stays out");
+    assert_eq!(l.proofs(), vec![proof]);
+}
+
+#[test]
+fn local_insert_of_a_rewind_and_an_over_limit_header_yield_proofs() {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    l.insert(Entry::Header(header(&k, &a, 3, 900, 1)))
+        .expect("first");
+    let r = l.insert(Entry::Header(header(&k, &a, 5, 800, 2)));
+    assert!(matches!(
+        r,
+        Ok(Inserted::Conflict(ConflictProof::Rewind { .. }))
+    ));
+    let (k2, a2) = wallet(2);
+    l.insert(Entry::Allowance(a2.clone())).expect("allowance");
+    let r = l.insert(Entry::Header(header(&k2, &a2, 1, 100_001, 1)));
+    assert!(matches!(
+        r,
+        Ok(Inserted::Conflict(ConflictProof::OverLimit { .. }))
+    ));
+    assert!(l.has_conflict(&a2.id));
+}
+
+#[test]
+fn sync_brings_two_ledgers_to_their_union_and_detects_a_fork_across_them() {
+    let (k, a) = wallet(1);
+    let mut left = with_wallets(1, &[1]);
+    let mut right = with_wallets(2, &[1]);
+    // Honest history known to both sides, then the same sequence spent at
+    // two payees that cannot see each other.
+    left.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    right
+        .insert(Entry::Header(header(&k, &a, 2, 200, 2)))
+        .expect("h2");
+    left.insert(Entry::Header(header(&k, &a, 3, 300, 3)))
+        .expect("h3 at left");
+    right
+        .insert(Entry::Header(header(&k, &a, 3, 300, 4)))
+        .expect("h3 at right");
+    assert!(!left.has_conflict(&a.id) && !right.has_conflict(&a.id));
+
+    let (sl, sr) = sync(&mut left, &mut right);
+    assert_eq!(left.digest(), right.digest());
+    assert!(left.has_conflict(&a.id) && right.has_conflict(&a.id));
+    assert!(!sl.new_proofs.is_empty() || !sr.new_proofs.is_empty());
+    // Both forked headers are held (automerge keeps concurrent writes to
+    // one key), and every proof verifies.
+    assert_eq!(left.headers(&a.id).len(), 4);
+    for p in left.proofs() {
+        p.verify(&a).expect("proof verifies");
+    }
+    assert_eq!(left.entries(), right.entries());
+}
+
+#[test]
+fn peers_already_in_sync_exchange_under_one_kilobyte() {
+    let (k, a) = wallet(1);
+    let mut left = with_wallets(1, &[1]);
+    for seq in 1..=500u32 {
+        left.insert(Entry::Header(header(&k, &a, seq, u64::from(seq) * 100, 1)))
+            .expect("insert");
+    }
+    // Same entries, other history: a copy under another actor.
+    let mut right = copy(&mut left, 2);
+    let (sl, sr) = sync(&mut left, &mut right);
+    assert!(
+        sl.bytes_sent + sr.bytes_sent <= 1024,
+        "{} bytes",
+        sl.bytes_sent + sr.bytes_sent
+    );
+    assert_eq!(sl.rounds_received + sr.rounds_received, 0);
+}
+
+#[test]
+fn a_second_session_after_more_payments_sends_only_the_difference() {
+    let (k, a) = wallet(1);
+    let mut left = with_wallets(1, &[1]);
+    let mut right = with_wallets(2, &[1]);
+    for seq in 1..=200u32 {
+        left.insert(Entry::Header(header(&k, &a, seq, u64::from(seq) * 100, 1)))
+            .expect("insert");
+    }
+    let (first, _) = sync(&mut left, &mut right);
+    for seq in 201..=210u32 {
+        left.insert(Entry::Header(header(&k, &a, seq, u64::from(seq) * 100, 1)))
+            .expect("insert");
+    }
+    let (second, _) = sync(&mut left, &mut right);
+    assert_eq!(left.digest(), right.digest());
+    assert!(
+        second.bytes_sent * 5 < first.bytes_sent,
+        "second {} vs first {}",
+        second.bytes_sent,
+        first.bytes_sent
+    );
+}
+
+#[test]
+fn every_frame_size_gives_the_same_result() {
+    let (k, a) = wallet(1);
+    let (k2, a2) = wallet(2);
+    let mut base_left = with_wallets(1, &[1, 2]);
+    let mut base_right = with_wallets(2, &[1, 2]);
+    for seq in 1..=40u32 {
+        base_left
+            .insert(Entry::Header(header(&k, &a, seq, u64::from(seq) * 100, 1)))
+            .expect("insert");
+        base_right
+            .insert(Entry::Header(header(
+                &k2,
+                &a2,
+                seq,
+                u64::from(seq) * 100,
+                2,
+            )))
+            .expect("insert");
+    }
+    base_right
+        .insert(Entry::Header(header(&k, &a, 7, 700, 9)))
+        .expect("a fork of seq 7");
+    let mut results = Vec::new();
+    for max_frame in [20, 185, 244, 512, 65_536] {
+        let mut left = copy(&mut base_left, 1);
+        let mut right = copy(&mut base_right, 2);
+        let config = SyncConfig {
+            max_frame,
+            ..SyncConfig::default()
+        };
+        let (sl, _) = sync_with(&mut left, &mut right, config).expect("sync");
+        assert_eq!(left.digest(), right.digest());
+        assert!(left.has_conflict(&a.id));
+        // Frames never exceed the size.
+        assert!(sl.frames_sent * max_frame as u64 >= sl.bytes_sent);
+        results.push(left.entries());
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn save_load_and_incremental_saves_round_trip() {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    l.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    let mut stored = l.save();
+    l.insert(Entry::Header(header(&k, &a, 2, 200, 1)))
+        .expect("h2");
+    stored.extend(l.save_incremental());
+    l.insert(Entry::Header(header(&k, &a, 2, 200, 2)))
+        .expect("fork");
+    stored.extend(l.save_incremental());
+    let back = Ledger::load(&stored, 0, &[1; 16], trust()).expect("loads");
+    assert_eq!(back.digest(), l.digest());
+    assert_eq!(back.entries(), l.entries());
+    assert!(back.has_conflict(&a.id));
+}
+
+#[test]
+fn damaged_saved_bytes_are_an_error() {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    l.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    let bytes = l.save();
+    for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+        assert!(Ledger::load(&bytes[..cut], 0, &[1; 16], trust()).is_err());
+    }
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xFF;
+    assert!(Ledger::load(&flipped, 0, &[1; 16], trust()).is_err());
+    // Loading with another trust root refuses the allowance.
+    assert!(Ledger::load(&bytes, 0, &[1; 16], TrustStore::new(key(9).public())).is_err());
+}
+
+#[test]
+fn rotation_drops_what_settled_and_keeps_the_rest() {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    let mut ids = Vec::new();
+    for seq in 1..=10u32 {
+        let h = header(&k, &a, seq, u64::from(seq) * 100, 1);
+        ids.push(h.id());
+        l.insert(Entry::Header(h)).expect("insert");
+    }
+    let ack = SettlementAck::sign(
+        SettlementAckTerms {
+            serial: 1,
+            issued_at: NOW,
+            issuer: issuer().public(),
+            outcomes: ids[..8].iter().map(|id| (*id, Outcome::Settled)).collect(),
+        },
+        &issuer(),
+    );
+    l.insert(Entry::Ack(ack)).expect("ack");
+    let before = l.len();
+    let rotation = l.rotate_epoch(NOW, &RetentionPolicy::default());
+    assert_eq!(l.epoch(), 1);
+    assert_eq!(rotation.dropped, 8);
+    assert_eq!(l.len(), before - 8);
+    assert_eq!(l.headers(&a.id).len(), 2);
+    assert!(l.is_settled(&ids[0]));
+    // Allowance still there: the wallet can keep paying.
+    assert!(l.allowance(&a.id).is_some());
+    // A week and a day later everything expired goes too.
+    let later = NOW.plus(9 * 86_400);
+    l.rotate_epoch(later, &RetentionPolicy::default());
+    assert!(l.allowance(&a.id).is_none());
+}
+
+// ---------------------------------------------------------------------------
+// Hostile peers: each ends in the right error and no change to the ledger.
+
+/// Feeds `frames` to a fresh session on `victim`; returns the first error.
+fn feed(victim: &mut Ledger, frames: &[Vec<u8>], config: SyncConfig) -> SyncError {
+    let mut s = SyncSession::new(victim, PeerState::new(), config, Millis(0));
+    for (i, f) in frames.iter().enumerate() {
+        if let Err(e) = s.handle_frame(victim, f, Millis(i as u64)) {
+            assert!(s.is_failed());
+            assert_eq!(
+                s.handle_frame(victim, f, Millis(0)),
+                Err(SyncError::AlreadyFailed)
+            );
+            return e;
+        }
+    }
+    panic!("no error from hostile frames");
+}
+
+fn message_frames(m: &SyncMessage, max_frame: usize) -> Vec<Vec<u8>> {
+    meshpay_proto::sync::frame::split(&m.encode(), max_frame)
+}
+
+fn victim() -> Ledger {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    l.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    l
+}
+
+#[test]
+fn garbage_frames_are_refused_and_change_nothing() {
+    let mut l = victim();
+    let before = l.entries();
+    let e = feed(&mut l, &[vec![]], SyncConfig::default());
+    assert_eq!(e, SyncError::Frame(FrameError::Malformed));
+    let e = feed(&mut l, &[vec![7, 1, 2, 3]], SyncConfig::default());
+    assert_eq!(e, SyncError::Frame(FrameError::Malformed));
+    let e = feed(
+        &mut l,
+        &[vec![1, 0xde, 0xad, 0xbe, 0xef]],
+        SyncConfig::default(),
+    );
+    assert!(matches!(e, SyncError::Decode(_)));
+    // A well-framed reconcile message that is not an automerge message.
+    let frames = message_frames(&SyncMessage::Reconcile(vec![0x42, 1, 2, 3]), 512);
+    let e = feed(&mut l, &frames, SyncConfig::default());
+    assert!(
+        matches!(e, SyncError::Ledger(LedgerError::Replica(_))),
+        "{e:?}"
+    );
+    assert_eq!(l.entries(), before);
+}
+
+#[test]
+fn oversized_frames_and_messages_are_refused() {
+    let mut l = victim();
+    let before = l.entries();
+    let config = SyncConfig {
+        max_frame: 185,
+        max_message: 1_000,
+        ..SyncConfig::default()
+    };
+    let e = feed(&mut l, &[vec![1; 186]], config);
+    assert_eq!(
+        e,
+        SyncError::Frame(FrameError::Oversized { len: 186, max: 185 })
+    );
+    let big = SyncMessage::Reconcile(vec![0; 5_000]);
+    let e = feed(&mut l, &message_frames(&big, 185), config);
+    assert_eq!(
+        e,
+        SyncError::Frame(FrameError::MessageTooLarge { max: 1_000 })
+    );
+    assert_eq!(l.entries(), before);
+}
+
+#[test]
+fn endless_rounds_hit_the_cap() {
+    let mut l = victim();
+    let before = l.entries();
+    // A peer that keeps opening fresh automerge conversations.
+    let mut other = with_wallets(2, &[1]);
+    let mut frames = message_frames(
+        &SyncMessage::Hello {
+            epoch: 0,
+            digest: Hash([0; 32]),
+            entries: 0,
+        },
+        512,
+    );
+    for _ in 0..20 {
+        let m = other
+            .sync_message(&mut PeerState::new())
+            .expect("a fresh state always has a message");
+        frames.extend(message_frames(&SyncMessage::Reconcile(m), 512));
+    }
+    let config = SyncConfig {
+        max_rounds: 8,
+        ..SyncConfig::default()
+    };
+    assert_eq!(feed(&mut l, &frames, config), SyncError::TooManyRounds(8));
+    // What the honest-looking rounds carried (wallet 1's allowance, which
+    // the victim had) changed nothing.
+    assert_eq!(l.entries(), before);
+}
+
+#[test]
+fn stalled_and_slow_peers_time_out() {
+    let mut l = victim();
+    let config = SyncConfig {
+        stall_ms: 1_000,
+        max_duration_ms: 5_000,
+        ..SyncConfig::default()
+    };
+    let mut s = SyncSession::new(&l, PeerState::new(), config, Millis(0));
+    assert_eq!(s.poll_timeout(), Some(Millis(1_000)));
+    assert_eq!(s.handle_timeout(Millis(999)), Ok(()));
+    assert_eq!(
+        s.handle_timeout(Millis(1_000)),
+        Err(SyncError::Stalled(1_000))
+    );
+    // A peer that dribbles a frame every 900 ms still hits the total cap.
+    let mut s = SyncSession::new(&l, PeerState::new(), config, Millis(0));
+    let mut t = 0;
+    let dribble = loop {
+        t += 900;
+        if let Err(e) = s.handle_frame(&mut l, &[0x00, 0x01], Millis(t)) {
+            break e;
+        }
+        if let Err(e) = s.handle_timeout(Millis(t)) {
+            break e;
+        }
+    };
+    assert_eq!(dribble, SyncError::TimedOut(5_000));
+}
+
+/// The message a hostile automerge document sends once it has heard the
+/// victim's opening message: it carries the document's changes.
+fn hostile_message(victim: &mut Ledger, doc: &mut automerge::Automerge) -> Vec<u8> {
+    use automerge::sync::SyncDoc;
+    let opening = victim.sync_message(&mut PeerState::new()).expect("opening");
+    let mut state = PeerState::new();
+    doc.receive_sync_message(
+        &mut state,
+        automerge::sync::Message::decode(&opening).expect("decodes"),
+    )
+    .expect("receive");
+    doc.generate_sync_message(&mut state)
+        .expect("message")
+        .encode()
+}
+
+/// A hostile message carrying a raw document holding `puts`.
+fn raw_message(victim: &mut Ledger, puts: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    let mut doc = automerge::Automerge::new().with_actor(automerge::ActorId::from(&[9u8; 16][..]));
+    let mut tx = doc.transaction();
+    for (k, v) in puts {
+        tx.put(
+            automerge::ROOT,
+            *k,
+            automerge::ScalarValue::Bytes(v.clone()),
+        )
+        .expect("put");
+    }
+    tx.commit();
+    hostile_message(victim, &mut doc)
+}
+
+fn reconcile_frames(message: Vec<u8>) -> Vec<Vec<u8>> {
+    let mut frames = message_frames(
+        &SyncMessage::Hello {
+            epoch: 0,
+            digest: Hash([1; 32]),
+            entries: 1,
+        },
+        244,
+    );
+    frames.extend(message_frames(&SyncMessage::Reconcile(message), 244));
+    frames
+}
+
+#[test]
+fn forged_headers_from_a_peer_are_refused_and_change_nothing() {
+    let (k, a) = wallet(1);
+    let (stranger_key, stranger_allowance) = wallet(3);
+    let mut l = victim();
+    let before = (l.entries(), l.digest());
+
+    // A header of a held allowance signed by the wrong key, among good ones.
+    let forged = header(&stranger_key, &a, 2, 200, 1);
+    let good = header(&k, &a, 3, 300, 1);
+    let m = raw_message(
+        &mut l,
+        &[
+            (
+                &meshpay_proto::ledger::header_key(&a.id, 2),
+                forged.encode(),
+            ),
+            (&meshpay_proto::ledger::header_key(&a.id, 3), good.encode()),
+        ],
+    );
+    let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
+    assert!(
+        matches!(
+            e,
+            SyncError::Ledger(LedgerError::BadHeaderSignature { seq: 2, .. })
+        ),
+        "{e:?}"
+    );
+
+    // A header for an allowance nobody sent.
+    let orphan = header(&stranger_key, &stranger_allowance, 1, 100, 1);
+    let m = raw_message(
+        &mut l,
+        &[(
+            &meshpay_proto::ledger::header_key(&stranger_allowance.id, 1),
+            orphan.encode(),
+        )],
+    );
+    let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
+    assert!(
+        matches!(e, SyncError::Ledger(LedgerError::UnknownAllowance(_))),
+        "{e:?}"
+    );
+
+    // A value under the wrong key, and a key the ledger does not know.
+    let m = raw_message(
+        &mut l,
+        &[(&meshpay_proto::ledger::header_key(&a.id, 9), good.encode())],
+    );
+    let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
+    assert!(
+        matches!(e, SyncError::Ledger(LedgerError::Entry(_))),
+        "{e:?}"
+    );
+    let m = raw_message(&mut l, &[("zzz", vec![1, 2, 3])]);
+    let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
+    assert!(
+        matches!(e, SyncError::Ledger(LedgerError::Entry(_))),
+        "{e:?}"
+    );
+
+    assert_eq!((l.entries(), l.digest()), before);
+}
+
+#[test]
+fn forbidden_operations_from_a_peer_are_refused() {
+    use automerge::transaction::Transactable;
+    let mut l = victim();
+    let before = l.entries();
+    let mut doc = automerge::Automerge::new().with_actor(automerge::ActorId::from(&[9u8; 16][..]));
+    let mut tx = doc.transaction();
+    tx.put_object(automerge::ROOT, "nested", automerge::ObjType::Map)
+        .expect("object");
+    tx.commit();
+    let m = hostile_message(&mut l, &mut doc);
+    let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
+    assert!(
+        matches!(
+            e,
+            SyncError::Ledger(LedgerError::Replica(
+                meshpay_proto::ledger::ReplicaError::ForbiddenOperation(_)
+            ))
+        ),
+        "{e:?}"
+    );
+    assert_eq!(l.entries(), before);
+}
+
+#[test]
+fn a_forged_urgent_proof_is_refused() {
+    let (k, a) = wallet(1);
+    let mut l = victim();
+    let before = l.entries();
+    // Two headers that do not conflict dressed up as a fork.
+    let h1 = header(&k, &a, 2, 200, 1);
+    let h2 = header(&k, &a, 3, 300, 1);
+    let (first, second) = if h1.id() < h2.id() {
+        (h1, h2)
+    } else {
+        (h2, h1)
+    };
+    let fake = ConflictProof::Fork { first, second };
+    let frames = message_frames(
+        &SyncMessage::Urgent {
+            proofs: vec![(a, fake)],
+            revocations: None,
+        },
+        244,
+    );
+    let e = feed(&mut l, &frames, SyncConfig::default());
+    assert!(
+        matches!(e, SyncError::Ledger(LedgerError::Proof(_))),
+        "{e:?}"
+    );
+    assert_eq!(l.entries(), before);
+}
+
+#[test]
+fn proofs_travel_first() {
+    let (k, a) = wallet(1);
+    let mut left = with_wallets(1, &[1]);
+    left.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    left.insert(Entry::Header(header(&k, &a, 1, 100, 2)))
+        .expect("fork → proof");
+    let right = ledger(2);
+    let mut s = SyncSession::new(&left, PeerState::new(), SyncConfig::default(), Millis(0));
+    let mut r = meshpay_proto::sync::frame::Reassembler::new(65_536, 1 << 20);
+    let first = loop {
+        let f = s.poll_transmit().expect("frames");
+        if let Some(m) = r.push(&f).expect("frame") {
+            break SyncMessage::decode(&m).expect("message");
+        }
+    };
+    assert!(matches!(first, SyncMessage::Urgent { ref proofs, .. } if proofs.len() == 1));
+    // And a node that never saw the wallet takes the proof (with its allowance).
+    let mut right = right;
+    let mut sr = SyncSession::new(&right, PeerState::new(), SyncConfig::default(), Millis(0));
+    for f in message_frames(&first, 65_536) {
+        sr.handle_frame(&mut right, &f, Millis(1))
+            .expect("urgent accepted");
+    }
+    assert!(right.has_conflict(&a.id));
+}
+
+// ---------------------------------------------------------------------------
+// Convergence and merge laws.
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Node pays from wallet: an honest next payment.
+    Pay { node: usize, wallet: u32 },
+    /// The wallet spends its current sequence again at another node.
+    DoubleSpend { node: usize, wallet: u32 },
+    /// Two nodes meet.
+    Sync { a: usize, b: usize },
+}
+
+fn arb_ops(nodes: usize) -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        4 => (0..nodes, 0u32..3).prop_map(|(node, wallet)| Op::Pay { node, wallet }),
+        1 => (0..nodes, 0u32..3).prop_map(|(node, wallet)| Op::DoubleSpend { node, wallet }),
+        3 => (0..nodes, 0..nodes).prop_map(|(a, b)| Op::Sync { a, b }),
+    ];
+    proptest::collection::vec(op, 1..40)
+}
+
+fn pair(ledgers: &mut [Ledger], a: usize, b: usize) -> (&mut Ledger, &mut Ledger) {
+    assert_ne!(a, b);
+    if a < b {
+        let (x, y) = ledgers.split_at_mut(b);
+        (&mut x[a], &mut y[0])
+    } else {
+        let (x, y) = ledgers.split_at_mut(a);
+        (&mut y[0], &mut x[b])
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random inserts (with double spends) and random meetings; once
+    /// everyone has met everyone, all ledgers hold the same entries and
+    /// every double-spent allowance has a proof at every node.
+    #[test]
+    fn random_schedules_converge_and_spread_every_proof(nodes in 3usize..6, ops in arb_ops(5)) {
+        let mut ledgers: Vec<Ledger> = (0..nodes).map(|i| with_wallets(i as u8 + 1, &[0, 1, 2])).collect();
+        let mut next_seq = [1u32; 3];
+        let mut nonce = 0u8;
+        let mut cheated = std::collections::BTreeSet::new();
+        for op in ops {
+            match op {
+                Op::Pay { node, wallet: w } | Op::DoubleSpend { node, wallet: w } => {
+                    let node = node % nodes;
+                    let (k, a) = wallet(w);
+                    let double = matches!(op, Op::DoubleSpend { .. }) && next_seq[w as usize] > 1;
+                    let seq = if double { next_seq[w as usize] - 1 } else { next_seq[w as usize] };
+                    nonce = nonce.wrapping_add(1);
+                    let h = header(&k, &a, seq, u64::from(seq) * 100, nonce);
+                    if double {
+                        cheated.insert(a.id);
+                    } else {
+                        next_seq[w as usize] += 1;
+                    }
+                    let _ = ledgers[node].insert(Entry::Header(h)).expect("insert");
+                }
+                Op::Sync { a, b } => {
+                    let (a, b) = (a % nodes, b % nodes);
+                    if a != b {
+                        let (x, y) = pair(&mut ledgers, a, b);
+                        sync(x, y);
+                        prop_assert_eq!(x.digest(), y.digest());
+                    }
+                }
+            }
+        }
+        // Connect everyone: a chain there and back.
+        for i in 0..nodes - 1 {
+            let (x, y) = pair(&mut ledgers, i, i + 1);
+            sync(x, y);
+        }
+        for i in (0..nodes - 1).rev() {
+            let (x, y) = pair(&mut ledgers, i, i + 1);
+            sync(x, y);
+        }
+        // Proofs are derived: which pair of headers a node turned into a
+        // proof depends on the order it learnt them. Every other entry, and
+        // which allowances stand convicted, is the same everywhere.
+        let facts = |l: &Ledger| l.entries().into_iter().filter(|e| !matches!(e, Entry::Proof(_))).collect::<Vec<_>>();
+        let convicted = |l: &Ledger| l.proofs().iter().map(ConflictProof::allowance).collect::<std::collections::BTreeSet<_>>();
+        for l in &ledgers {
+            prop_assert_eq!(facts(l), facts(&ledgers[0]));
+            prop_assert_eq!(convicted(l), convicted(&ledgers[0]));
+            prop_assert_eq!(&convicted(l), &cheated);
+            for id in &cheated {
+                prop_assert!(l.has_conflict(id), "allowance {} has no proof", id);
+            }
+        }
+    }
+
+    /// Merge is commutative, associative and idempotent (as entry sets).
+    #[test]
+    fn merge_is_commutative_associative_and_idempotent(
+        seqs in proptest::collection::vec((0usize..3, 1u32..6, any::<u8>()), 1..12)
+    ) {
+        let mut base: Vec<Ledger> = (0..3).map(|i| with_wallets(i as u8 + 1, &[0])).collect();
+        let (k, a) = wallet(0);
+        for (node, seq, n) in seqs {
+            let _ = base[node].insert(Entry::Header(header(&k, &a, seq, u64::from(seq) * 100, n % 3)));
+        }
+        // (A ∪ B) ∪ C
+        let mut ab = copy(&mut base[0], 11);
+        let mut b = copy(&mut base[1], 12);
+        sync(&mut ab, &mut b);
+        let mut c = copy(&mut base[2], 13);
+        sync(&mut ab, &mut c);
+        // A ∪ (B ∪ C), merged the other way round
+        let mut bc = copy(&mut base[1], 21);
+        let mut c2 = copy(&mut base[2], 22);
+        sync(&mut c2, &mut bc);
+        let mut a2 = copy(&mut base[0], 23);
+        sync(&mut bc, &mut a2);
+        // Equal as sets of facts (proofs are derived, see above) and in
+        // which allowances stand convicted.
+        let facts = |l: &Ledger| l.entries().into_iter().filter(|e| !matches!(e, Entry::Proof(_))).collect::<Vec<_>>();
+        let convicted = |l: &Ledger| l.proofs().iter().map(ConflictProof::allowance).collect::<std::collections::BTreeSet<_>>();
+        prop_assert_eq!(facts(&ab), facts(&bc));
+        prop_assert_eq!(convicted(&ab), convicted(&bc));
+        // Idempotent: merging with what it already holds changes nothing.
+        let before = (ab.entries(), ab.digest());
+        let mut same = copy(&mut ab, 31);
+        sync(&mut ab, &mut same);
+        prop_assert_eq!((ab.entries(), ab.digest()), before);
+    }
+}
