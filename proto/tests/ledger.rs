@@ -782,3 +782,41 @@ proptest! {
         prop_assert_eq!((ab.entries(), ab.digest()), before);
     }
 }
+
+#[test]
+fn import_merges_a_saved_ledger_and_refuses_a_forged_one() {
+    let (k, a) = wallet(1);
+    let mut mine = with_wallets(1, &[1]);
+    mine.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    let mut theirs = with_wallets(2, &[1]);
+    theirs
+        .insert(Entry::Header(header(&k, &a, 1, 100, 2)))
+        .expect("fork");
+    theirs
+        .insert(Entry::Header(header(&k, &a, 2, 200, 2)))
+        .expect("h2");
+    let proofs = mine.import(&theirs.save()).expect("import");
+    assert_eq!(proofs.len(), 1, "the fork across the two is found");
+    assert_eq!(mine.headers(&a.id).len(), 3);
+
+    // A saved document with a forged header is refused whole.
+    use automerge::transaction::Transactable;
+    let mut doc = automerge::Automerge::new();
+    let mut tx = doc.transaction();
+    let (other, _) = wallet(2);
+    let forged = header(&other, &a, 3, 300, 1);
+    tx.put(
+        automerge::ROOT,
+        meshpay_proto::ledger::header_key(&a.id, 3),
+        automerge::ScalarValue::Bytes(forged.encode()),
+    )
+    .expect("put");
+    tx.commit();
+    let before = (mine.entries(), mine.digest());
+    assert!(matches!(
+        mine.import(&doc.save()),
+        Err(LedgerError::BadHeaderSignature { seq: 3, .. })
+    ));
+    assert_eq!((mine.entries(), mine.digest()), before);
+}

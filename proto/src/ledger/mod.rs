@@ -445,15 +445,34 @@ impl<R: Replica> PartialLedger<R> {
         let inspected = self.replica.inspect(message)?;
         let checked = self.check_batch(&inspected.new_entries)?;
         self.replica.apply(peer, inspected)?;
+        self.absorb(checked)
+    }
+
+    /// Merges another node's saved ledger (an export carried by hand, or a
+    /// benchmark's setup), with the same checks as a peer's message.
+    pub fn import(&mut self, saved: &[u8]) -> Result<Vec<ConflictProof>, LedgerError> {
+        let (other, new_entries) = self.replica.inspect_saved(saved)?;
+        let checked = self.check_batch(&new_entries)?;
+        self.replica.merge_from(other)?;
+        self.absorb(checked)
+    }
+
+    /// Indexes checked entries that are now in the replica, and turns the
+    /// conflicts they bring together into proofs.
+    fn absorb(
+        &mut self,
+        checked: Vec<(String, Vec<u8>, Entry)>,
+    ) -> Result<Vec<ConflictProof>, LedgerError> {
         let mut waiting = std::mem::take(&mut self.pending);
         waiting.extend(checked.into_iter().map(|(k, v, _)| (k, v)));
         let mut new_headers = Vec::new();
         for (key, value) in waiting {
             if !self.replica.values(&key).contains(&value) {
+                // Its change waits for a missing dependency.
                 self.pending.push((key, value));
                 continue;
             }
-            // Decoded and checked above (or when it became pending).
+            // Decoded and checked before (or when it became pending).
             let Ok(entry) = Entry::decode(&key, &value) else {
                 continue;
             };

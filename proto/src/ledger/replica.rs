@@ -51,6 +51,13 @@ pub trait Replica: Sized {
         inspected: Inspected<Self>,
     ) -> Result<(), ReplicaError>;
 
+    /// Loads another replica's saved bytes for merging, listing every
+    /// `(key, value)` it holds that this replica does not; nothing is merged
+    /// yet (see [`Replica::merge_from`]).
+    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<(String, Vec<u8>)>), ReplicaError>;
+    /// Merges a replica returned by [`Replica::inspect_saved`].
+    fn merge_from(&mut self, other: Self) -> Result<(), ReplicaError>;
+
     /// The whole replica as bytes.
     fn save(&mut self) -> Vec<u8>;
     /// What changed since the last `save` or `save_incremental`.
@@ -303,6 +310,33 @@ impl Replica for AutomergeReplica {
             size: message.len(),
             message: parsed,
         })
+    }
+
+    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<(String, Vec<u8>)>), ReplicaError> {
+        let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
+        let mut ops = Vec::new();
+        for change in doc.get_changes(&[]) {
+            ledger_ops(&change, &mut ops)?;
+        }
+        let mut seen = HashSet::new();
+        let new_entries = ops
+            .into_iter()
+            .filter(|(k, v)| !self.values(k).contains(v) && seen.insert((k.clone(), v.clone())))
+            .collect();
+        Ok((
+            AutomergeReplica {
+                doc,
+                saved_heads: Vec::new(),
+            },
+            new_entries,
+        ))
+    }
+
+    fn merge_from(&mut self, mut other: Self) -> Result<(), ReplicaError> {
+        self.doc
+            .merge(&mut other.doc)
+            .map(|_| ())
+            .map_err(|e| ReplicaError::Apply(e.to_string()))
     }
 
     fn apply(
