@@ -522,9 +522,12 @@ fn forged_headers_from_a_peer_are_refused_and_change_nothing() {
         &[
             (
                 &meshpay_proto::ledger::header_key(&a.id, 2),
-                forged.encode(),
+                Entry::Header(forged.clone()).encode_value(),
             ),
-            (&meshpay_proto::ledger::header_key(&a.id, 3), good.encode()),
+            (
+                &meshpay_proto::ledger::header_key(&a.id, 3),
+                Entry::Header(good.clone()).encode_value(),
+            ),
         ],
     );
     let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
@@ -542,7 +545,7 @@ fn forged_headers_from_a_peer_are_refused_and_change_nothing() {
         &mut l,
         &[(
             &meshpay_proto::ledger::header_key(&stranger_allowance.id, 1),
-            orphan.encode(),
+            Entry::Header(orphan.clone()).encode_value(),
         )],
     );
     let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
@@ -551,10 +554,28 @@ fn forged_headers_from_a_peer_are_refused_and_change_nothing() {
         "{e:?}"
     );
 
-    // A value under the wrong key, and a key the ledger does not know.
+    // A header moved to another sequence number: the key is part of what
+    // was signed, so the moved header no longer verifies.
     let m = raw_message(
         &mut l,
-        &[(&meshpay_proto::ledger::header_key(&a.id, 9), good.encode())],
+        &[(
+            &meshpay_proto::ledger::header_key(&a.id, 9),
+            Entry::Header(good.clone()).encode_value(),
+        )],
+    );
+    let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
+    assert!(
+        matches!(
+            e,
+            SyncError::Ledger(LedgerError::BadHeaderSignature { seq: 9, .. })
+        ),
+        "{e:?}"
+    );
+    // A value that is not a header under a header key, and a key the
+    // ledger does not know.
+    let m = raw_message(
+        &mut l,
+        &[(&meshpay_proto::ledger::header_key(&a.id, 4), vec![1, 2, 3])],
     );
     let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
     assert!(
@@ -809,7 +830,7 @@ fn import_merges_a_saved_ledger_and_refuses_a_forged_one() {
     tx.put(
         automerge::ROOT,
         meshpay_proto::ledger::header_key(&a.id, 3),
-        automerge::ScalarValue::Bytes(forged.encode()),
+        automerge::ScalarValue::Bytes(Entry::Header(forged.clone()).encode_value()),
     )
     .expect("put");
     tx.commit();

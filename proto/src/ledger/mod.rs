@@ -36,6 +36,11 @@ use crate::time::Timestamp;
 use crate::transfer::{SignedHeader, TransferId};
 use crate::validate::{MeshView, PaymentError, VerifiedAllowance};
 
+/// Most concurrent heads a ledger keeps after a merge before it joins them
+/// with an empty change; bounds the heads listed in every sync message to
+/// `MAX_HEADS * 32` bytes.
+pub const MAX_HEADS: usize = 8;
+
 /// Why an entry was refused. The ledger is unchanged after any of them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -140,8 +145,9 @@ impl<R: Replica> core::fmt::Debug for PartialLedger<R> {
 }
 
 impl<R: Replica> PartialLedger<R> {
-    /// An empty ledger. `actor` names this node's writes in the replica
-    /// (derive it from the node's key; it must be unique per node).
+    /// An empty ledger. `actor` names this node's writes in the replica:
+    /// unique per node, derived from its key; 8 bytes is plenty and every
+    /// change carries it, so keep it short.
     pub fn new(actor: &[u8], trust: TrustStore) -> Self {
         PartialLedger {
             replica: R::empty(actor),
@@ -314,14 +320,30 @@ impl<R: Replica> PartialLedger<R> {
     }
 
     /// A proof if `h` conflicts with a held header, or is invalid on its face.
+    ///
+    /// Only the headers under the same key and the nearest sequence numbers
+    /// below and above are compared: held headers of an allowance without a
+    /// proof rise in cumulative with the sequence number, so the nearest
+    /// ones bound all the others.
     fn conflict_with_held(&self, h: &SignedHeader) -> Option<ConflictProof> {
         let allowance = self.allowances.get(&h.allowance)?;
         if over_limit(h, allowance.allowance()) {
             return Some(ConflictProof::OverLimit { header: h.clone() });
         }
-        self.headers(&h.allowance)
-            .iter()
-            .find_map(|other| detect(h, other))
+        let key = header_key(&h.allowance, h.seq);
+        let (below, above) = self.replica.neighbours(&headers_prefix(&h.allowance), &key);
+        [Some(key), below, above]
+            .into_iter()
+            .flatten()
+            .flat_map(|k| {
+                self.replica.values(&k).into_iter().filter_map(move |v| {
+                    match Entry::decode(&k, &v) {
+                        Ok(Entry::Header(other)) => Some(other),
+                        _ => None,
+                    }
+                })
+            })
+            .find_map(|other| detect(h, &other))
     }
 
     /// Checks a batch of `(key, value)` pairs against the ledger and each
@@ -495,6 +517,7 @@ impl<R: Replica> PartialLedger<R> {
         for p in &proofs {
             self.insert(Entry::Proof(p.clone()))?;
         }
+        self.replica.collapse_heads(MAX_HEADS);
         Ok(proofs)
     }
 

@@ -25,11 +25,18 @@ pub trait Replica: Sized {
     fn values(&self, key: &str) -> Vec<Vec<u8>>;
     /// Every key starting with `prefix`, in key order, with its values.
     fn scan(&self, prefix: &str) -> Vec<(String, Vec<Vec<u8>>)>;
+    /// The nearest keys below and above `key` that start with `prefix`.
+    fn neighbours(&self, prefix: &str, key: &str) -> (Option<String>, Option<String>);
     /// Adds values under keys that hold none yet locally (it never
     /// overwrites: a grow-only set).
     fn put_all(&mut self, entries: &[(String, Vec<u8>)]);
     /// Number of keys.
     fn len(&self) -> usize;
+    /// If merges left more than `max` concurrent heads, joins them with one
+    /// empty change. (Reconciliation messages list the heads, so a node
+    /// that only ever merges would otherwise send one hash per writer it
+    /// heard from in every message.)
+    fn collapse_heads(&mut self, max: usize);
     /// Whether there are no keys.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -244,6 +251,20 @@ impl Replica for AutomergeReplica {
             .collect()
     }
 
+    fn neighbours(&self, prefix: &str, key: &str) -> (Option<String>, Option<String>) {
+        let below = self
+            .doc
+            .map_range(ROOT, prefix.to_string()..key.to_string())
+            .last()
+            .map(|item| item.key.to_string());
+        let above = self
+            .doc
+            .map_range(ROOT, format!("{key}\u{0}")..format!("{prefix}\u{7f}"))
+            .next()
+            .map(|item| item.key.to_string());
+        (below, above)
+    }
+
     fn put_all(&mut self, entries: &[(String, Vec<u8>)]) {
         if entries.is_empty() {
             return;
@@ -268,6 +289,13 @@ impl Replica for AutomergeReplica {
 
     fn len(&self) -> usize {
         self.doc.length(ROOT)
+    }
+
+    fn collapse_heads(&mut self, max: usize) {
+        if self.doc.get_heads().len() > max {
+            self.doc
+                .empty_commit(automerge::transaction::CommitOptions::default().with_time(0));
+        }
     }
 
     fn sync_message(&mut self, peer: &mut sync::State) -> Option<Vec<u8>> {
