@@ -13,6 +13,9 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ROOT, ReadDoc, ScalarValue, Value};
 
+/// One `(key, value)` pair of the map.
+pub type KeyValue = (String, Vec<u8>);
+
 /// A grow-only multi-map from string keys to byte values that two peers
 /// can reconcile.
 pub trait Replica: Sized {
@@ -61,7 +64,7 @@ pub trait Replica: Sized {
     /// Loads another replica's saved bytes for merging, listing every
     /// `(key, value)` it holds that this replica does not; nothing is merged
     /// yet (see [`Replica::merge_from`]).
-    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<(String, Vec<u8>)>), ReplicaError>;
+    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<KeyValue>), ReplicaError>;
     /// Merges a replica returned by [`Replica::inspect_saved`].
     fn merge_from(&mut self, other: Self) -> Result<(), ReplicaError>;
 
@@ -340,7 +343,7 @@ impl Replica for AutomergeReplica {
         })
     }
 
-    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<(String, Vec<u8>)>), ReplicaError> {
+    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<KeyValue>), ReplicaError> {
         let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
         let mut ops = Vec::new();
         for change in doc.get_changes(&[]) {
