@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 pub use entry::{
     Entry, EntryError, EntryKind, allowance_key, header_key, headers_prefix, proofs_prefix,
 };
-pub use replica::{AutomergeReplica, Inspected, Replica, ReplicaError};
+pub use replica::{AutomergeReplica, Inspected, KeyValue, Replica, ReplicaError};
 
 use crate::allowance::{Allowance, AllowanceId, TrustStore};
 use crate::conflict::{ConflictProof, ConflictProofError, detect, over_limit};
