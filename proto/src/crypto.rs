@@ -37,8 +37,12 @@ pub mod domain {
     pub const SETTLEMENT_ACK: &[u8] = b"meshpay/v1/settlement-ack";
     /// Hash of a conflict proof (its identity in the ledger).
     pub const CONFLICT_PROOF: &[u8] = b"meshpay/v1/conflict-proof";
-    /// Hash of one ledger entry (key, value), XORed into the ledger digest.
+    /// SHA-512 of one ledger entry (key, value), mapped to a Ristretto point
+    /// and added into the ledger's multiset hash.
     pub const LEDGER_ENTRY: &[u8] = b"meshpay/v1/ledger-entry";
+    /// Hash of the ledger's multiset hash and entry count: the digest peers
+    /// compare to skip a sync.
+    pub const LEDGER_DIGEST: &[u8] = b"meshpay/v1/ledger-digest";
 }
 
 byte_newtype!(

@@ -83,11 +83,17 @@ pub trait Encode: Serialize + DeserializeOwned {
 
     /// Strict decoding; see the module docs.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_limited(bytes, MAX_OBJECT_SIZE)
+    }
+
+    /// Strict decoding with another size limit than [`MAX_OBJECT_SIZE`]
+    /// (sync messages, whose limit is the session's).
+    fn decode_limited(bytes: &[u8], max: usize) -> Result<Self, DecodeError> {
         let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if bytes.len() > MAX_OBJECT_SIZE {
+        if bytes.len() > max {
             return Err(DecodeError::TooLarge {
                 len: bytes.len(),
-                max: MAX_OBJECT_SIZE,
+                max,
             });
         }
         if version != FORMAT_VERSION {

@@ -841,3 +841,166 @@ fn import_merges_a_saved_ledger_and_refuses_a_forged_one() {
     ));
     assert_eq!((mine.entries(), mine.digest()), before);
 }
+
+// ---------------------------------------------------------------------------
+// Review follow-ups.
+
+#[test]
+fn an_altered_copy_of_a_held_allowance_is_refused() {
+    let (k, a) = wallet(1);
+    let mut l = victim();
+    let before = (l.entries(), l.digest());
+    // Same id, other terms, an invalid signature: no keys needed to send it.
+    let mut altered = a.clone();
+    altered.terms.amount = 999_999_999;
+    let key = meshpay_proto::ledger::allowance_key(&a.id);
+    let m = raw_message(&mut l, &[(&key, altered.encode())]);
+    let e = feed(&mut l, &reconcile_frames(m), SyncConfig::default());
+    assert_eq!(e, SyncError::Ledger(LedgerError::KeyTaken(key.clone())));
+    // Through the urgent path, with a genuine proof beside it.
+    let h1 = header(&k, &a, 1, 100, 1);
+    let h1b = header(&k, &a, 1, 100, 9);
+    let proof = meshpay_proto::conflict::detect(&h1, &h1b).expect("fork");
+    let frames = message_frames(
+        &SyncMessage::Urgent {
+            proofs: vec![(altered, proof)],
+            revocations: None,
+        },
+        244,
+    );
+    let e = feed(&mut l, &frames, SyncConfig::default());
+    assert_eq!(e, SyncError::Ledger(LedgerError::KeyTaken(key)));
+    assert_eq!((l.entries(), l.digest()), before);
+    // And the node still reloads what it saved.
+    let back = Ledger::load(&l.save(), 0, &[1; 16], trust()).expect("reloads");
+    assert_eq!(back.digest(), l.digest());
+}
+
+#[test]
+fn urgent_entries_are_taken_all_or_nothing() {
+    let (k, a) = wallet(1);
+    let (k2, a2) = wallet(2);
+    let mut l = ledger(5);
+    let good =
+        meshpay_proto::conflict::detect(&header(&k, &a, 1, 100, 1), &header(&k, &a, 1, 100, 2))
+            .expect("fork");
+    let h1 = header(&k2, &a2, 2, 200, 1);
+    let h2 = header(&k2, &a2, 3, 300, 1);
+    let (first, second) = if h1.id() < h2.id() {
+        (h1, h2)
+    } else {
+        (h2, h1)
+    };
+    let fake = ConflictProof::Fork { first, second };
+    let frames = message_frames(
+        &SyncMessage::Urgent {
+            proofs: vec![(a, good), (a2, fake)],
+            revocations: None,
+        },
+        512,
+    );
+    let e = feed(&mut l, &frames, SyncConfig::default());
+    assert!(
+        matches!(e, SyncError::Ledger(LedgerError::Proof(_))),
+        "{e:?}"
+    );
+    assert!(
+        l.is_empty(),
+        "nothing of the message entered: {:?}",
+        l.entries()
+    );
+}
+
+#[test]
+fn an_ack_serial_reused_with_other_content_is_refused() {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    let h = header(&k, &a, 1, 100, 1);
+    l.insert(Entry::Header(h.clone())).expect("h");
+    let ack = |outcome| {
+        SettlementAck::sign(
+            SettlementAckTerms {
+                serial: 7,
+                issued_at: NOW,
+                issuer: issuer().public(),
+                outcomes: [(h.id(), outcome)].into_iter().collect(),
+            },
+            &issuer(),
+        )
+    };
+    l.insert(Entry::Ack(ack(Outcome::Settled))).expect("first");
+    let before = (l.entries(), l.digest());
+    assert!(matches!(
+        l.insert(Entry::Ack(ack(Outcome::Refused(Refusal::Conflicted)))),
+        Err(LedgerError::KeyTaken(_))
+    ));
+    assert_eq!((l.entries(), l.digest()), before);
+}
+
+#[test]
+fn after_rotation_the_node_still_syncs_with_peers_on_the_old_epoch() {
+    let (k, a) = wallet(1);
+    let mut left = with_wallets(1, &[1]);
+    let mut right = with_wallets(2, &[1]);
+    for seq in 1..=5u32 {
+        left.insert(Entry::Header(header(&k, &a, seq, u64::from(seq) * 100, 1)))
+            .expect("h");
+    }
+    sync(&mut left, &mut right);
+    // Left settles seq 1 and 2 and rotates; right stays on epoch 0.
+    let settled = [
+        header(&k, &a, 1, 100, 1).id(),
+        header(&k, &a, 2, 200, 1).id(),
+    ];
+    let ack = SettlementAck::sign(
+        SettlementAckTerms {
+            serial: 1,
+            issued_at: NOW,
+            issuer: issuer().public(),
+            outcomes: settled.iter().map(|id| (*id, Outcome::Settled)).collect(),
+        },
+        &issuer(),
+    );
+    left.insert(Entry::Ack(ack)).expect("ack");
+    left.rotate_epoch(NOW, &RetentionPolicy::default());
+    left.insert(Entry::Header(header(&k, &a, 6, 600, 1)))
+        .expect("h6");
+    // The new epoch writes under a new actor: no clash with its old changes.
+    sync(&mut left, &mut right);
+    assert_eq!(left.digest(), right.digest());
+    assert_eq!(right.headers(&a.id).len(), 6);
+    // The rotated ledger reloads to the same digest.
+    let back = Ledger::load(&left.save(), left.epoch(), &[1; 16], trust()).expect("reload");
+    assert_eq!(back.digest(), left.digest());
+}
+
+#[test]
+fn rotation_keeps_one_value_per_forked_key_and_its_proof() {
+    let (k, a) = wallet(1);
+    let mut left = with_wallets(1, &[1]);
+    let mut right = with_wallets(2, &[1]);
+    left.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h");
+    right
+        .insert(Entry::Header(header(&k, &a, 1, 100, 2)))
+        .expect("fork");
+    sync(&mut left, &mut right);
+    assert_eq!(left.headers(&a.id).len(), 2);
+    left.rotate_epoch(NOW, &RetentionPolicy::default());
+    assert_eq!(left.headers(&a.id).len(), 1);
+    assert!(left.has_conflict(&a.id));
+    let back = Ledger::load(&left.save(), left.epoch(), &[1; 16], trust()).expect("reload");
+    assert_eq!(back.digest(), left.digest());
+    assert_eq!(back.len(), left.len());
+}
+
+#[test]
+fn rotation_drops_headers_whose_allowance_it_drops() {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    l.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h");
+    l.rotate_epoch(NOW.plus(30 * 86_400), &RetentionPolicy::default());
+    assert!(l.is_empty(), "{:?}", l.entries());
+    Ledger::load(&l.save(), l.epoch(), &[1; 16], trust()).expect("reloads");
+}

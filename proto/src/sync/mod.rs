@@ -86,9 +86,9 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             max_frame: 64 * 1024,
-            max_message: 8 << 20,
+            max_message: 32 << 20,
             max_rounds: 64,
-            max_bytes: 64 << 20,
+            max_bytes: 256 << 20,
             max_duration_ms: 60_000,
             stall_ms: 10_000,
         }
@@ -122,8 +122,7 @@ pub enum SyncError {
     /// The peer was silent too long.
     #[error("peer silent for {0} ms")]
     Stalled(u64),
-    /// A message out of place (a second hello, anything after done was
-    /// agreed).
+    /// A message out of place (a second hello).
     #[error("unexpected {0} message")]
     Unexpected(&'static str),
     /// The session already ended with an error.
@@ -318,7 +317,7 @@ impl<R: Replica> SyncSession<R> {
             Ok(None) => return Ok(()),
             Err(e) => return self.fail(e.into()),
         };
-        let message = match SyncMessage::decode(&message) {
+        let message = match SyncMessage::decode_limited(&message, self.config.max_message) {
             Ok(m) => m,
             Err(e) => return self.fail(e.into()),
         };
@@ -339,14 +338,17 @@ impl<R: Replica> SyncSession<R> {
                 proofs,
                 revocations,
             } => {
+                // All or nothing: every entry is checked before any is added.
+                let mut entries = Vec::new();
                 for (allowance, proof) in proofs {
-                    ledger.insert(Entry::Allowance(allowance))?;
-                    if ledger.insert(Entry::Proof(proof.clone()))? == Inserted::New {
-                        self.stats.new_proofs.push(proof);
-                    }
+                    entries.push(Entry::Allowance(allowance));
+                    entries.push(Entry::Proof(proof));
                 }
-                if let Some(r) = revocations {
-                    ledger.insert(Entry::Revocations(r))?;
+                entries.extend(revocations.map(Entry::Revocations));
+                for (entry, result) in ledger.insert_all(entries)? {
+                    if let (Entry::Proof(p), Inserted::New) = (entry, result) {
+                        self.stats.new_proofs.push(p);
+                    }
                 }
             }
             SyncMessage::Hello { digest, .. } => {
