@@ -261,11 +261,17 @@ fn main() {
         .map(|(i, k)| {
             let body = TransferBody {
                 payee: payee().public().into(),
-                amount: 100 + i as u64,
                 nonce: Nonce([i as u8; 16]),
                 payer_time: NOW,
             };
-            Transfer::sign(AllowanceId([i as u8; 16]), 1, 100 + i as u64, body, k)
+            Transfer::sign(
+                AllowanceId([i as u8; 16]),
+                1,
+                100 + i as u64,
+                100 + i as u64,
+                body,
+                k,
+            )
         })
         .collect();
     let publics: Vec<PublicKey> = keys.iter().map(SecretKey::public).collect();

@@ -20,16 +20,20 @@ pub enum ConflictProof {
         /// The other one.
         second: SignedHeader,
     },
-    /// `earlier.seq < later.seq` but `earlier.cumulative >= later.cumulative`:
-    /// the counter was rewound to spend the same money again.
+    /// `earlier.seq < later.seq` but the later cumulative does not cover
+    /// the later amount plus at least 1 for every sequence number in
+    /// between: `later.cumulative < earlier.cumulative + later.amount +
+    /// (later.seq - earlier.seq - 1)`. The counter was rewound (or not
+    /// advanced) to spend the same money again.
     Rewind {
         /// Lower sequence number.
         earlier: SignedHeader,
         /// Higher sequence number.
         later: SignedHeader,
     },
-    /// One header that is invalid on its face: its cumulative exceeds the
-    /// allowance amount, or its sequence number is 0 or above the cap.
+    /// One header that is invalid on its face: sequence number 0 or above
+    /// the count cap, amount 0 or above the per-payment cap, cumulative
+    /// below its own amount or above the allowance amount.
     OverLimit {
         /// The header.
         header: SignedHeader,
@@ -107,7 +111,7 @@ impl ConflictProof {
                 if earlier.seq >= later.seq {
                     return Err(ConflictProofError::NotCanonical);
                 }
-                if earlier.cumulative < later.cumulative {
+                if !undercounts(earlier, later) {
                     return Err(ConflictProofError::NoConflict);
                 }
             }
@@ -125,7 +129,21 @@ impl ConflictProof {
 pub fn over_limit(header: &SignedHeader, allowance: &Allowance) -> bool {
     header.seq == 0
         || header.seq > allowance.caps.max_payments
+        || header.amount == 0
+        || header.amount > allowance.caps.max_per_payment
+        || header.cumulative < header.amount
         || header.cumulative > allowance.amount
+}
+
+/// Whether `later`'s cumulative fails to account for its own amount plus
+/// at least 1 for each sequence number between the two (every used
+/// sequence number carries a positive amount). Honest payers always
+/// satisfy `later.cumulative = earlier.cumulative + the amounts of
+/// earlier.seq+1 ..= later.seq`. Requires `earlier.seq < later.seq`.
+pub fn undercounts(earlier: &SignedHeader, later: &SignedHeader) -> bool {
+    let gap = u64::from(later.seq - earlier.seq - 1);
+    let needed = u128::from(earlier.cumulative) + u128::from(later.amount) + u128::from(gap);
+    u128::from(later.cumulative) < needed
 }
 
 /// If two headers of one allowance cannot both be honest, the proof that
@@ -146,7 +164,7 @@ pub fn detect(a: &SignedHeader, b: &SignedHeader) -> Option<ConflictProof> {
         });
     }
     let (earlier, later) = if a.seq < b.seq { (a, b) } else { (b, a) };
-    (earlier.cumulative >= later.cumulative).then(|| ConflictProof::Rewind {
+    undercounts(earlier, later).then(|| ConflictProof::Rewind {
         earlier: earlier.clone(),
         later: later.clone(),
     })

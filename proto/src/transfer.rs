@@ -47,8 +47,6 @@ pub struct TransferBody {
     /// Who is paid (checked as a key only when the receipt's
     /// acknowledgement is verified).
     pub payee: KeyBytes,
-    /// How much, in minor units.
-    pub amount: u64,
     /// The invoice nonce.
     pub nonce: Nonce,
     /// The payer's clock when it signed (advisory only).
@@ -76,6 +74,10 @@ pub struct TransferHeader {
     pub seq: u32,
     /// Total spent on this allowance up to and including this transfer.
     pub cumulative: u64,
+    /// This transfer's amount, in minor units. Public so that any relay
+    /// can check that cumulatives account for every transfer, even with
+    /// sequence numbers missing in between (see [`crate::conflict`]).
+    pub amount: u64,
     /// Hash of the body.
     pub body_hash: Hash,
 }
@@ -123,6 +125,7 @@ impl Transfer {
         allowance: AllowanceId,
         seq: u32,
         cumulative: u64,
+        amount: u64,
         body: TransferBody,
         payer: &SecretKey,
     ) -> Transfer {
@@ -130,6 +133,7 @@ impl Transfer {
             allowance,
             seq,
             cumulative,
+            amount,
             body_hash: body.hash(),
         };
         let signed = Signed::sign(header, payer);
@@ -179,6 +183,7 @@ struct TransferWire {
     allowance: AllowanceId,
     seq: u32,
     cumulative: u64,
+    amount: u64,
     body: TransferBody,
     payer_signature: Signature,
 }
@@ -189,6 +194,7 @@ impl Serialize for Transfer {
             allowance: self.header.allowance,
             seq: self.header.seq,
             cumulative: self.header.cumulative,
+            amount: self.header.amount,
             body: self.body.clone(),
             payer_signature: self.payer_signature,
         }
@@ -204,6 +210,7 @@ impl<'de> Deserialize<'de> for Transfer {
                 allowance: w.allowance,
                 seq: w.seq,
                 cumulative: w.cumulative,
+                amount: w.amount,
                 body_hash: w.body.hash(),
             },
             body: w.body,

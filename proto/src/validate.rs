@@ -109,7 +109,8 @@ pub enum Rule {
     /// `cumulative >= amount`.
     CumulativeCoversAmount,
     /// No known header with the same sequence number and another body, and
-    /// cumulatives rise with sequence numbers across known headers.
+    /// cumulatives account for every amount across known headers (see
+    /// [`crate::conflict::undercounts`]).
     ConsistentWithMesh,
     /// `cumulative == previous cumulative + amount` when header `seq - 1` is known.
     CumulativeStep,
@@ -117,7 +118,7 @@ pub enum Rule {
     InvoicePayee,
     /// The body carries this invoice's nonce.
     InvoiceNonce,
-    /// The body's amount is the invoice's.
+    /// The transfer's amount is the invoice's.
     InvoiceAmount,
     /// The allowance's currency is the invoice's.
     InvoiceCurrency,
@@ -337,7 +338,7 @@ pub fn check_payer_signature(
 /// transfer and its allowance alone.
 pub fn check_limits(transfer: &Transfer, allowance: &Allowance) -> Result<(), PaymentError> {
     let h = transfer.header();
-    let amount = transfer.body().amount;
+    let amount = h.amount;
     if h.seq == 0 || h.seq > allowance.caps.max_payments {
         return Err(PaymentError::SequenceOutOfRange {
             seq: h.seq,
@@ -384,7 +385,7 @@ pub fn check_against_known(
     }
     for other in known {
         if other.seq.checked_add(1) == Some(h.seq) {
-            let amount = transfer.body().amount;
+            let amount = h.amount;
             if other.cumulative.checked_add(amount) != Some(h.cumulative) {
                 return Err(PaymentError::CumulativeMismatch {
                     cumulative: h.cumulative,
@@ -405,15 +406,16 @@ pub fn check_invoice_match(
     allowance: &Allowance,
 ) -> Result<(), PaymentError> {
     let body = transfer.body();
+    let amount = transfer.header().amount;
     if body.payee != invoice.payee {
         return Err(PaymentError::WrongPayee);
     }
     if body.nonce != invoice.nonce {
         return Err(PaymentError::WrongNonce);
     }
-    if body.amount != invoice.amount {
+    if amount != invoice.amount {
         return Err(PaymentError::WrongAmount {
-            paid: body.amount,
+            paid: amount,
             asked: invoice.amount,
         });
     }

@@ -73,12 +73,11 @@ fn arb_transfer() -> impl Strategy<Value = (Transfer, SecretKey)> {
         .prop_map(|(payer, payee, (id, nonce, seq, cum, amount, time))| {
             let body = TransferBody {
                 payee: payee.into(),
-                amount,
                 nonce: Nonce(nonce),
                 payer_time: Timestamp(time),
             };
             (
-                Transfer::sign(AllowanceId(id), seq, cum, body, &payer),
+                Transfer::sign(AllowanceId(id), seq, cum, amount, body, &payer),
                 payer,
             )
         })
@@ -151,7 +150,7 @@ proptest! {
         // A receipt needs its body to name the acknowledging payee.
         let body = TransferBody { payee: payee.public().into(), ..t.body().clone() };
         let h = t.header();
-        let t = Transfer::sign(h.allowance, h.seq, h.cumulative, body, &payer);
+        let t = Transfer::sign(h.allowance, h.seq, h.cumulative, h.amount, body, &payer);
         let r = Receipt::acknowledge(t, &payee);
         roundtrip(&r);
         prop_assert!(r.verify(&payer.public()));
@@ -574,7 +573,7 @@ proptest! {
     fn receipt_always_fits_one_ble_packet((t, payer) in arb_transfer(), payee in arb_key()) {
         let h = t.header();
         let body = TransferBody { payee: payee.public().into(), ..t.body().clone() };
-        let t = Transfer::sign(h.allowance, h.seq, h.cumulative, body, &payer);
+        let t = Transfer::sign(h.allowance, h.seq, h.cumulative, h.amount, body, &payer);
         let message = PaymentMessage::Transfer { allowance: None, transfer: t.clone() }.encode();
         let receipt = Receipt::acknowledge(t, &payee).encode();
         prop_assert!(receipt.len() <= 244, "receipt of {} bytes", receipt.len());

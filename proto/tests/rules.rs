@@ -145,11 +145,10 @@ fn header(signer: &SecretKey, seq: u32, cumulative: u64, nonce: u8) -> SignedHea
 fn header_of(allowance_id: AllowanceId, seq: u32, cumulative: u64, nonce: u8) -> SignedHeader {
     let body = TransferBody {
         payee: payee().public().into(),
-        amount: 100,
         nonce: Nonce([nonce; 16]),
         payer_time: NOW,
     };
-    Transfer::sign(allowance_id, seq, cumulative, body, &payer()).signed_header()
+    Transfer::sign(allowance_id, seq, cumulative, 100, body, &payer()).signed_header()
 }
 
 /// A node's view for the payee's check.
@@ -608,11 +607,10 @@ fn same_allowance_refused_for_other_allowance_id() {
     let inv = invoice(450, 7);
     let body = TransferBody {
         payee: inv.payee.into(),
-        amount: inv.amount,
         nonce: inv.nonce,
         payer_time: NOW,
     };
-    let t = Transfer::sign(other_aid(), 1, 450, body, &payer());
+    let t = Transfer::sign(other_aid(), 1, 450, inv.amount, body, &payer());
     assert_fails!(
         check_payer_signature(&t, &allowance()),
         PaymentError::WrongAllowance,
@@ -655,7 +653,7 @@ fn payer_signature_over_another_body_refused() {
     let mut forged = other_bytes[..sig_at].to_vec();
     forged.extend_from_slice(&good_bytes[sig_at..]);
     let forged = Transfer::decode(&forged).expect("well-formed transfer");
-    assert_eq!(forged.body().amount, 460);
+    assert_eq!(forged.header().amount, 460);
     assert_eq!(forged.payer_signature(), good.payer_signature());
     assert_fails!(
         check_payer_signature(&forged, &allowance()),
@@ -940,7 +938,8 @@ fn cumulative_step_with_previous_header_known() {
     let inv = invoice(450, 7);
     check_against_known(&transfer_for(&inv, 2, 550), std::slice::from_ref(&previous))
         .expect("100 + 450 = 550");
-    for wrong in [549, 551, 600] {
+    // Over-counting only costs the payer, but breaks the rule.
+    for wrong in [551, 600] {
         let err = assert_fails!(
             check_against_known(
                 &transfer_for(&inv, 2, wrong),
@@ -1446,9 +1445,10 @@ fn conflict_proof_no_conflict() {
         Err(ConflictProofError::NoConflict)
     );
 
+    // Seq 3 pays 100 on top of seq 2's 800: 900 is consistent.
     let rising = ConflictProof::Rewind {
         earlier: header(&payer(), 2, 800, 1),
-        later: header(&payer(), 3, 801, 2),
+        later: header(&payer(), 3, 900, 2),
     };
     assert_eq!(rising.verify(&a), Err(ConflictProofError::NoConflict));
 
@@ -1501,10 +1501,37 @@ fn detect_no_conflict_across_allowances() {
 
 #[test]
 fn detect_no_conflict_for_rising_cumulatives() {
+    // Each header pays 100 (the fixture amount).
     let a = header(&payer(), 2, 800, 1);
-    let b = header(&payer(), 3, 801, 2);
+    let b = header(&payer(), 3, 900, 2);
     assert_eq!(detect(&a, &b), None);
     assert_eq!(detect(&b, &a), None);
+    // A gap of two sequence numbers needs at least 100 + 2 more.
+    let c = header(&payer(), 5, 902, 3);
+    assert_eq!(detect(&a, &c), None);
+}
+
+/// The hole that public amounts close: skipping sequence numbers to pay
+/// full amounts while the cumulative barely moves.
+#[test]
+fn detect_undercount_across_a_gap_of_sequence_numbers() {
+    // Seq 1 paid 100 (cumulative 100); seq 3 pays 100 but claims 101: seq 2,
+    // whatever it was, must have cost at least 1 more.
+    let a = header(&payer(), 1, 100, 1);
+    let b = header(&payer(), 3, 200, 2);
+    let Some(proof) = detect(&a, &b) else {
+        panic!("an undercount across a gap is a conflict");
+    };
+    assert!(matches!(proof, ConflictProof::Rewind { .. }));
+    proof.verify(&allowance()).expect("the proof verifies");
+    assert_eq!(detect(&a, &header(&payer(), 3, 201, 2)), None);
+    // And the payee's check refuses it even though seq 2 was never seen.
+    let inv = invoice(100, 2);
+    let t = transfer_for(&inv, 3, 200);
+    assert!(matches!(
+        check_against_known(&t, &[a]),
+        Err(PaymentError::Conflict(p)) if matches!(*p, ConflictProof::Rewind { .. })
+    ));
 }
 
 #[test]
@@ -2154,4 +2181,19 @@ fn known_headers_turn_an_over_limit_header_into_a_proof() {
     let mut m = mesh();
     let t = transfer_raw(&payer(), payee().public(), 500, Nonce([1; 16]), 20, 10_000);
     assert_eq!(m.add_header(t.signed_header()), Ok(None));
+}
+
+#[test]
+fn cumulative_step_undercount_is_a_conflict_not_a_mismatch() {
+    let previous = header(&payer(), 1, 100, 1);
+    let inv = invoice(450, 7);
+    let err = assert_fails!(
+        check_against_known(&transfer_for(&inv, 2, 549), std::slice::from_ref(&previous)),
+        PaymentError::Conflict(_),
+        Rule::ConsistentWithMesh
+    );
+    let PaymentError::Conflict(proof) = err else {
+        unreachable!()
+    };
+    proof.verify(&allowance()).expect("valid proof");
 }

@@ -411,11 +411,17 @@ impl PayerSession {
         let cumulative = self.spend.cumulative + invoice.amount;
         let body = TransferBody {
             payee: invoice.payee.into(),
-            amount: invoice.amount,
             nonce: invoice.nonce,
             payer_time: self.wall_clock,
         };
-        let transfer = Transfer::sign(self.allowance.id, seq, cumulative, body, &self.key);
+        let transfer = Transfer::sign(
+            self.allowance.id,
+            seq,
+            cumulative,
+            invoice.amount,
+            body,
+            &self.key,
+        );
         self.spend = SpendState {
             next_seq: seq + 1,
             cumulative,

@@ -10,7 +10,7 @@
 //! | prefix | key | value |
 //! | --- | --- | --- |
 //! | `a` | `a` + b64(allowance id) | [`Allowance`] |
-//! | `h` | `h` + b64(allowance id) + seq as 8 hex digits | the header without allowance id and seq: version byte, then cumulative (varint), body hash (32), signature (64) |
+//! | `h` | `h` + b64(allowance id) + seq as 8 hex digits | the header without allowance id and seq: version byte, then cumulative (varint), amount (varint), body hash (32), signature (64) |
 //! | `p` | `p` + b64(allowance id) + hex(proof hash) | [`ConflictProof`] |
 //! | `r` | `r` + version as 16 hex digits | [`RevocationList`] |
 //! | `k` | `k` + serial as 16 hex digits | [`SettlementAck`] |
@@ -136,6 +136,7 @@ pub fn proofs_prefix(allowance: &AllowanceId) -> String {
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
 struct StoredHeader {
     cumulative: u64,
+    amount: u64,
     body_hash: Hash,
     signature: Signature,
 }
@@ -206,6 +207,7 @@ impl Entry {
             Entry::Allowance(a) => a.encode(),
             Entry::Header(h) => StoredHeader {
                 cumulative: h.cumulative,
+                amount: h.amount,
                 body_hash: h.body_hash,
                 signature: h.signature,
             }
@@ -230,6 +232,7 @@ impl Entry {
                         allowance,
                         seq,
                         cumulative: stored.cumulative,
+                        amount: stored.amount,
                         body_hash: stored.body_hash,
                     },
                     signature: stored.signature,

@@ -91,11 +91,17 @@ pub fn transfer_raw(
 ) -> Transfer {
     let body = TransferBody {
         payee: payee.into(),
-        amount,
         nonce,
         payer_time: NOW,
     };
-    Transfer::sign(AllowanceId([0xA1; 16]), seq, cumulative, body, signer)
+    Transfer::sign(
+        AllowanceId([0xA1; 16]),
+        seq,
+        cumulative,
+        amount,
+        body,
+        signer,
+    )
 }
 
 /// A mesh view that holds the fixture allowance.
@@ -145,9 +151,8 @@ pub fn header(
 ) -> SignedHeader {
     let body = TransferBody {
         payee: payee().public().into(),
-        amount: 100,
         nonce: Nonce([nonce; 16]),
         payer_time: NOW,
     };
-    Transfer::sign(allowance.id, seq, cumulative, body, key).signed_header()
+    Transfer::sign(allowance.id, seq, cumulative, 100, body, key).signed_header()
 }
