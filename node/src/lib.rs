@@ -1,3 +1,29 @@
-//! The meshpay node (storage, transports, control API, CLI).
+//! # meshpay-node
 //!
-//! Empty until the node issue lands; see `docs/` and the open issues.
+//! The I/O shell around `meshpay-proto`: storage ([`store`], redb), nodes
+//! that turn the protocol machines' effects into durable writes
+//! ([`node`]), in-process links ([`local`]) and the `meshpay demo`
+//! scenario ([`demo`]).
+//!
+//! Still to come (see the open issues): the libp2p local mesh and its
+//! control API, the settlement service and gateway relay, and the BLE
+//! transport. They move the same protocol messages as [`local`].
+
+#![deny(missing_docs, unreachable_pub)]
+
+pub mod demo;
+pub mod local;
+pub mod node;
+pub mod store;
+
+/// The operating system's random number generator failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system's random number generator failed: {0}")]
+pub struct RandomError(String);
+
+/// A cryptographic RNG seeded from the operating system.
+pub fn os_rng() -> Result<rand::rngs::StdRng, RandomError> {
+    use rand::SeedableRng;
+    rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng)
+        .map_err(|e| RandomError(e.to_string()))
+}

@@ -33,7 +33,7 @@ pub enum ConflictProof {
     },
     /// One header that is invalid on its face: sequence number 0 or above
     /// the count cap, amount 0 or above the per-payment cap, cumulative
-    /// below its own amount or above the allowance amount.
+    /// below `amount + seq - 1` or above the allowance amount.
     OverLimit {
         /// The header.
         header: SignedHeader,
@@ -131,8 +131,16 @@ pub fn over_limit(header: &SignedHeader, allowance: &Allowance) -> bool {
         || header.seq > allowance.caps.max_payments
         || header.amount == 0
         || header.amount > allowance.caps.max_per_payment
-        || header.cumulative < header.amount
+        || understated_alone(header)
         || header.cumulative > allowance.amount
+}
+
+/// Whether one header's cumulative is below what its own amount and its
+/// sequence number imply: the `seq - 1` transfers before it each carried
+/// at least 1, so `cumulative >= amount + seq - 1`.
+fn understated_alone(header: &SignedHeader) -> bool {
+    let floor = u128::from(header.amount) + u128::from(header.seq.saturating_sub(1));
+    u128::from(header.cumulative) < floor
 }
 
 /// Whether `later`'s cumulative fails to account for its own amount plus

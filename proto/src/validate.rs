@@ -106,7 +106,8 @@ pub enum Rule {
     PaymentCap,
     /// `cumulative <= allowance amount`.
     WithinAllowance,
-    /// `cumulative >= amount`.
+    /// `cumulative >= amount + seq - 1` (every earlier transfer carried at
+    /// least 1).
     CumulativeCoversAmount,
     /// No known header with the same sequence number and another body, and
     /// cumulatives account for every amount across known headers (see
@@ -198,7 +199,9 @@ pub enum PaymentError {
         amount: u64,
     },
     /// See [`Rule::CumulativeCoversAmount`].
-    #[error("rule cumulative-covers-amount: cumulative {cumulative} is below the amount {amount}")]
+    #[error(
+        "rule cumulative-covers-amount: cumulative {cumulative} is below the amount {amount} plus one per earlier transfer"
+    )]
     CumulativeBelowAmount {
         /// The transfer's cumulative.
         cumulative: u64,
@@ -253,6 +256,37 @@ pub enum PaymentError {
     /// See [`Rule::InvoiceOpen`].
     #[error("rule invoice-open: this invoice was already paid by another transfer")]
     InvoicePaid,
+}
+
+impl Rule {
+    /// The rule's name as the error messages and docs/protocol.md spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::IssuerTrusted => "issuer-trusted",
+            Rule::IssuerSignature => "issuer-signature",
+            Rule::NotYetValid => "not-yet-valid",
+            Rule::NotExpired => "not-expired",
+            Rule::NotRevoked => "not-revoked",
+            Rule::NoKnownConflict => "no-known-conflict",
+            Rule::SameAllowance => "same-allowance",
+            Rule::PayerSignature => "payer-signature",
+            Rule::SequenceInRange => "sequence-in-range",
+            Rule::AmountPositive => "amount-positive",
+            Rule::PaymentCap => "payment-cap",
+            Rule::WithinAllowance => "within-allowance",
+            Rule::CumulativeCoversAmount => "cumulative-covers-amount",
+            Rule::ConsistentWithMesh => "consistent-with-mesh",
+            Rule::CumulativeStep => "cumulative-step",
+            Rule::InvoicePayee => "invoice-payee",
+            Rule::InvoiceNonce => "invoice-nonce",
+            Rule::InvoiceAmount => "invoice-amount",
+            Rule::InvoiceCurrency => "invoice-currency",
+            Rule::MemoLength => "memo-length",
+            Rule::PayeeAllowed => "payee-allowed",
+            Rule::AllowanceKnown => "allowance-known",
+            Rule::InvoiceOpen => "invoice-open",
+        }
+    }
 }
 
 impl PaymentError {
@@ -360,7 +394,7 @@ pub fn check_limits(transfer: &Transfer, allowance: &Allowance) -> Result<(), Pa
             amount: allowance.amount,
         });
     }
-    if h.cumulative < amount {
+    if u128::from(h.cumulative) < u128::from(amount) + u128::from(h.seq - 1) {
         return Err(PaymentError::CumulativeBelowAmount {
             cumulative: h.cumulative,
             amount,

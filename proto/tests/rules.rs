@@ -1515,7 +1515,7 @@ fn detect_no_conflict_for_rising_cumulatives() {
 /// full amounts while the cumulative barely moves.
 #[test]
 fn detect_undercount_across_a_gap_of_sequence_numbers() {
-    // Seq 1 paid 100 (cumulative 100); seq 3 pays 100 but claims 101: seq 2,
+    // Seq 1 paid 100 (cumulative 100); seq 3 pays 100 but claims 200: seq 2,
     // whatever it was, must have cost at least 1 more.
     let a = header(&payer(), 1, 100, 1);
     let b = header(&payer(), 3, 200, 2);
@@ -2196,4 +2196,19 @@ fn cumulative_step_undercount_is_a_conflict_not_a_mismatch() {
         unreachable!()
     };
     proof.verify(&allowance()).expect("valid proof");
+}
+
+#[test]
+fn a_lone_header_must_count_one_per_earlier_transfer() {
+    // Seq 5 paying 100 implies four earlier transfers of at least 1 each.
+    let a = allowance();
+    assert!(meshpay_proto::conflict::over_limit(&header(&payer(), 5, 103, 1), &a));
+    assert!(!meshpay_proto::conflict::over_limit(&header(&payer(), 5, 104, 1), &a));
+    let inv = invoice(100, 3);
+    assert_fails!(
+        check_limits(&transfer_for(&inv, 5, 103), &a),
+        PaymentError::CumulativeBelowAmount { .. },
+        Rule::CumulativeCoversAmount
+    );
+    check_limits(&transfer_for(&inv, 5, 104), &a).expect("100 + 4 earlier");
 }

@@ -193,8 +193,9 @@ impl<R: Replica> PartialLedger<R> {
         a
     }
 
-    /// Loads a saved ledger, checking every entry as if a peer had sent it.
-    /// `epoch` is the epoch number stored beside the bytes.
+    /// Loads a saved ledger, checking every entry (signatures in one batch:
+    /// they were checked strictly when they entered). `epoch` is the epoch
+    /// number stored beside the bytes.
     pub fn load(
         bytes: &[u8],
         epoch: u64,
@@ -382,8 +383,9 @@ impl<R: Replica> PartialLedger<R> {
     ///
     /// Only the headers under the same key and the nearest sequence numbers
     /// below and above are compared: held headers of an allowance without a
-    /// proof rise in cumulative with the sequence number, so the nearest
-    /// ones bound all the others.
+    /// proof satisfy the undercount inequality pairwise, and because every
+    /// amount is at least 1 it composes across neighbours, so the nearest
+    /// ones bound all the others (see docs/protocol.md).
     fn conflict_with_held(&self, h: &SignedHeader) -> Option<ConflictProof> {
         let allowance = self.allowances.get(&h.allowance)?;
         if over_limit(h, allowance.allowance()) {

@@ -1,0 +1,275 @@
+//! A node: one wallet key, its storage and its partial ledger, and the
+//! glue that turns the protocol machines' effects into durable writes.
+//!
+//! The node does the bookkeeping; moving messages is a transport's job
+//! ([`crate::local`] for nodes in one process).
+
+use std::path::Path;
+
+use meshpay_proto::ledger::{Entry, Inserted, LedgerError, PartialLedger};
+use meshpay_proto::prelude::*;
+
+use crate::store::{Role, Store, StoreError};
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The ledger refused an entry.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// A protocol machine refused a call.
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// No allowance of this wallet can pay the amount.
+    #[error("no allowance can pay {amount} (remaining: {remaining})")]
+    InsufficientFunds {
+        /// The amount asked.
+        amount: u64,
+        /// The most any one allowance can still pay.
+        remaining: u64,
+    },
+    /// The stored ledger could not be loaded.
+    #[error("stored ledger does not load: {0}")]
+    LedgerLoad(LedgerError),
+    /// A sync session failed.
+    #[error("sync: {0}")]
+    Sync(meshpay_proto::sync::SyncError),
+    /// The operating system's random number generator failed.
+    #[error(transparent)]
+    Random(#[from] crate::RandomError),
+}
+
+/// One meshpay node.
+#[derive(Debug)]
+pub struct Node {
+    name: String,
+    key: SecretKey,
+    store: Store,
+    ledger: PartialLedger,
+    /// Whether the store holds a full save of the ledger to append to.
+    ledger_in_store: bool,
+    policy: PaymentPolicy,
+}
+
+impl Node {
+    /// Opens (or creates) the node whose database is `db` and whose wallet
+    /// key is `key`; `trust` holds the pinned issuer root.
+    pub fn open(
+        name: &str,
+        db: &Path,
+        key: SecretKey,
+        trust: TrustStore,
+    ) -> Result<Node, NodeError> {
+        let store = Store::open(db)?;
+        let actor = store.node_id()?;
+        let stored = store.ledger()?;
+        let ledger_in_store = stored.is_some();
+        let ledger = match stored {
+            Some((bytes, epoch)) => {
+                PartialLedger::load(&bytes, epoch, &actor, trust).map_err(NodeError::LedgerLoad)?
+            }
+            None => PartialLedger::new(&actor, trust),
+        };
+        Ok(Node {
+            name: name.to_string(),
+            key,
+            store,
+            ledger,
+            ledger_in_store,
+            policy: PaymentPolicy::default(),
+        })
+    }
+
+    /// The node's name (for people).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The wallet's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    /// The partial ledger.
+    pub fn ledger(&self) -> &PartialLedger {
+        &self.ledger
+    }
+
+    /// The partial ledger, for a sync session.
+    pub fn ledger_mut(&mut self) -> &mut PartialLedger {
+        &mut self.ledger
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The payee's check context at wall-clock `now`.
+    pub fn check_context(&self, now: Timestamp) -> CheckContext<'_> {
+        CheckContext {
+            trust: self.ledger.trust(),
+            policy: &self.policy,
+            now,
+            mesh: &self.ledger,
+        }
+    }
+
+    /// Takes an allowance loaded online for this wallet.
+    pub fn add_allowance(&mut self, allowance: Allowance) -> Result<(), NodeError> {
+        VerifiedAllowance::verify(allowance.clone(), self.ledger.trust())
+            .map_err(|e| NodeError::Ledger(LedgerError::Allowance(e)))?;
+        self.store.put_allowance(&allowance)?;
+        self.ledger.insert(Entry::Allowance(allowance))?;
+        self.persist_ledger()
+    }
+
+    /// What each allowance can still pay: `(allowance, amount left)`.
+    pub fn balances(&self) -> Result<Vec<(Allowance, u64)>, NodeError> {
+        let mut out = Vec::new();
+        for a in self.store.allowances()? {
+            let (spend, _) = self.store.spend(&a.id)?;
+            out.push((a.clone(), a.amount.saturating_sub(spend.cumulative)));
+        }
+        Ok(out)
+    }
+
+    /// Starts paying `amount`: resumes a pending transfer if one was left
+    /// by a crash (it must be settled first, never re-signed), otherwise
+    /// picks the allowance with the most left that can pay it.
+    pub fn start_payment(
+        &self,
+        amount: u64,
+        wall_clock: Timestamp,
+        now: Millis,
+        config: PayerConfig,
+    ) -> Result<PayerSession, NodeError> {
+        let balances = self.balances()?;
+        for (a, _) in &balances {
+            if let (_, Some(pending)) = self.store.spend(&a.id)? {
+                return Ok(PayerSession::resume(
+                    a.clone(),
+                    self.key.clone(),
+                    pending,
+                    now,
+                    config,
+                ));
+            }
+        }
+        let remaining = balances.iter().map(|(_, left)| *left).max().unwrap_or(0);
+        let (allowance, _) = balances
+            .into_iter()
+            .filter(|(a, left)| *left >= amount && amount <= a.caps.max_per_payment)
+            .max_by_key(|(_, left)| *left)
+            .ok_or(NodeError::InsufficientFunds { amount, remaining })?;
+        let (spend, _) = self.store.spend(&allowance.id)?;
+        Ok(PayerSession::new(
+            allowance,
+            self.key.clone(),
+            spend,
+            wall_clock,
+            config,
+        ))
+    }
+
+    /// Opens an invoice for `amount`.
+    pub fn request(
+        &self,
+        amount: u64,
+        currency: Currency,
+        memo: Option<String>,
+        now: Millis,
+    ) -> Result<PayeeSession, NodeError> {
+        let mut rng = crate::os_rng()?;
+        Ok(PayeeSession::new(
+            self.key.clone(),
+            amount,
+            currency,
+            memo,
+            None,
+            &mut rng,
+            now,
+        ))
+    }
+
+    /// Carries out the payer's effects: the durable spend before the
+    /// transfer is released, the receipt when it comes. Returns whether
+    /// the user must be asked to confirm (`Confirm`), which the caller
+    /// answers with [`PayerSession::confirm`] or `decline`.
+    pub fn drive_payer(
+        &mut self,
+        session: &mut PayerSession,
+        now: Millis,
+    ) -> Result<Option<Invoice>, NodeError> {
+        let mut confirm = None;
+        while let Some(effect) = session.poll_effect() {
+            match effect {
+                PayerEffect::Confirm(invoice) => confirm = Some(invoice),
+                PayerEffect::PersistSpend { transfer, spend } => {
+                    let id = transfer.header().allowance;
+                    self.store.commit_spend(&id, spend, Some(&transfer))?;
+                    session.spend_persisted(now)?;
+                }
+                PayerEffect::StoreReceipt(receipt) => {
+                    self.store.commit_receipt(&receipt, Role::Paid)?;
+                    self.learn_header(receipt.transfer.signed_header())?;
+                }
+            }
+        }
+        Ok(confirm)
+    }
+
+    /// Carries out the payee's effects: the durable receipt before the
+    /// acknowledgement is released, conflict proofs into the ledger.
+    pub fn drive_payee(
+        &mut self,
+        session: &mut PayeeSession,
+    ) -> Result<Vec<PaymentError>, NodeError> {
+        let mut refused = Vec::new();
+        while let Some(effect) = session.poll_effect() {
+            match effect {
+                PayeeEffect::PersistReceipt { receipt, allowance } => {
+                    self.store.commit_receipt(&receipt, Role::Received)?;
+                    self.ledger.insert(Entry::Allowance(*allowance))?;
+                    self.learn_header(receipt.transfer.signed_header())?;
+                    session.receipt_persisted()?;
+                }
+                PayeeEffect::RecordConflict(proof) => {
+                    self.ledger.insert(Entry::Proof(proof))?;
+                    self.persist_ledger()?;
+                }
+                PayeeEffect::Refused(e) => refused.push(e),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Puts a header this node was party to into the ledger.
+    fn learn_header(&mut self, header: SignedHeader) -> Result<Inserted, NodeError> {
+        let r = self.ledger.insert(Entry::Header(header))?;
+        self.persist_ledger()?;
+        Ok(r)
+    }
+
+    /// Appends what changed in the ledger to the store.
+    pub fn persist_ledger(&mut self) -> Result<(), NodeError> {
+        if !self.ledger_in_store {
+            let bytes = self.ledger.save();
+            self.store.save_ledger(&bytes, self.ledger.epoch())?;
+            self.ledger_in_store = true;
+        } else {
+            let bytes = self.ledger.save_incremental();
+            self.store.append_ledger(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Receipts this node is party to.
+    pub fn receipts(&self) -> Result<Vec<(Receipt, Role)>, NodeError> {
+        Ok(self.store.receipts()?)
+    }
+}

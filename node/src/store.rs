@@ -1,0 +1,425 @@
+//! The node's storage: one redb database per node.
+//!
+//! Every write that a promise depends on is committed (redb's default
+//! immediate durability: fsync before `commit` returns) before the promise
+//! is made: a used sequence number before the signature leaves, a received
+//! receipt before the acknowledgement leaves.
+
+use std::path::{Path, PathBuf};
+
+use meshpay_proto::prelude::*;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// The schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Own allowances, by id.
+const ALLOWANCES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("allowances");
+/// Payer counters and pending transfers, by allowance id.
+const SPENDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("spends");
+/// Receipts this node is party to, by transfer id.
+const RECEIPTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("receipts");
+/// The partial ledger: a full save at 0, incremental saves after it.
+const LEDGER: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("ledger");
+
+/// Why the store failed. Each names the database file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file could not be opened or created.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        source: Box<redb::DatabaseError>,
+    },
+    /// The file was written by another schema version.
+    #[error(
+        "database {path} has schema version {found}; this build reads version {SCHEMA_VERSION}"
+    )]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// What it holds.
+        found: u32,
+    },
+    /// Reading or writing failed.
+    #[error("database {path}: {what}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operation.
+        what: &'static str,
+        /// The error.
+        message: String,
+    },
+    /// A stored record does not decode: the file is damaged.
+    #[error("database {path}: damaged record in {table}: {message}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// The table.
+        table: &'static str,
+        /// The decoding error.
+        message: String,
+    },
+}
+
+/// Which side of a receipt this node was on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// This node paid.
+    Paid,
+    /// This node was paid.
+    Received,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSpend {
+    spend: SpendState,
+    pending: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredReceipt {
+    role: Role,
+    receipt: Vec<u8>,
+}
+
+/// The node's database.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl core::fmt::Debug for Store {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it if absent. A file of
+    /// another schema version, or one that is not a database, is an error
+    /// that names the file; nothing is changed in it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let path = path.to_path_buf();
+        let db = Database::create(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
+        let store = Store { db, path };
+        match store.schema()? {
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(found) => {
+                return Err(StoreError::Schema {
+                    path: store.path,
+                    found,
+                });
+            }
+            None => store.write(|tx| {
+                let mut meta = tx.open_table(META)?;
+                meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
+                let mut node_id = [0u8; 8];
+                rand::Rng::fill_bytes(&mut crate::os_rng()?, &mut node_id);
+                meta.insert("node_id", node_id.as_slice())?;
+                drop(meta);
+                // Create every table so that readers never meet a missing one.
+                tx.open_table(ALLOWANCES)?;
+                tx.open_table(SPENDS)?;
+                tx.open_table(RECEIPTS)?;
+                tx.open_table(LEDGER)?;
+                Ok(())
+            })?,
+        }
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This node's random 8-byte id, made when the database was created:
+    /// its ledger actor (a copied wallet key on another device still
+    /// writes under its own id).
+    pub fn node_id(&self) -> Result<[u8; 8], StoreError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.io("read")(e.to_string()))?;
+        let meta = tx
+            .open_table(META)
+            .map_err(|e| self.io("open meta")(e.to_string()))?;
+        let v = meta
+            .get("node_id")
+            .map_err(|e| self.io("get")(e.to_string()))?
+            .ok_or_else(|| self.damaged("meta", "no node id"))?;
+        v.value()
+            .try_into()
+            .map_err(|_| self.damaged("meta", "node id is not 8 bytes"))
+    }
+
+    fn io(&self, what: &'static str) -> impl Fn(String) -> StoreError + '_ {
+        move |message| StoreError::Io {
+            path: self.path.clone(),
+            what,
+            message,
+        }
+    }
+
+    fn damaged(&self, table: &'static str, message: impl ToString) -> StoreError {
+        StoreError::Damaged {
+            path: self.path.clone(),
+            table,
+            message: message.to_string(),
+        }
+    }
+
+    fn schema(&self) -> Result<Option<u32>, StoreError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.io("read")(e.to_string()))?;
+        let meta = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.io("open meta")(e.to_string())),
+        };
+        let Some(v) = meta
+            .get("schema")
+            .map_err(|e| self.io("read schema")(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let bytes: [u8; 4] = v
+            .value()
+            .try_into()
+            .map_err(|_| self.damaged("meta", "schema version is not 4 bytes"))?;
+        Ok(Some(u32::from_le_bytes(bytes)))
+    }
+
+    /// Runs `f` in one write transaction and commits it durably.
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), Box<dyn std::error::Error>>,
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .db
+            .begin_write()
+            .map_err(|e| self.io("begin write")(e.to_string()))?;
+        f(&tx).map_err(|e| self.io("write")(e.to_string()))?;
+        tx.commit().map_err(|e| self.io("commit")(e.to_string()))
+    }
+
+    fn read<T>(
+        &self,
+        table: TableDefinition<'_, &[u8], &[u8]>,
+        key: &[u8],
+        name: &'static str,
+        decode: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.io("read")(e.to_string()))?;
+        let t = tx
+            .open_table(table)
+            .map_err(|e| self.io("open table")(e.to_string()))?;
+        let Some(v) = t.get(key).map_err(|e| self.io("get")(e.to_string()))? else {
+            return Ok(None);
+        };
+        decode(v.value())
+            .map(Some)
+            .map_err(|m| self.damaged(name, m))
+    }
+
+    fn all<T>(
+        &self,
+        table: TableDefinition<'_, &[u8], &[u8]>,
+        name: &'static str,
+        decode: impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Result<Vec<T>, StoreError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.io("read")(e.to_string()))?;
+        let t = tx
+            .open_table(table)
+            .map_err(|e| self.io("open table")(e.to_string()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.io("iterate")(e.to_string()))? {
+            let (_, v) = item.map_err(|e| self.io("iterate")(e.to_string()))?;
+            out.push(decode(v.value()).map_err(|m| self.damaged(name, m))?);
+        }
+        Ok(out)
+    }
+
+    /// Keeps an allowance this wallet may spend.
+    pub fn put_allowance(&self, allowance: &Allowance) -> Result<(), StoreError> {
+        let bytes = allowance.encode();
+        self.write(|tx| {
+            tx.open_table(ALLOWANCES)?
+                .insert(allowance.id.as_bytes().as_slice(), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Every allowance this wallet holds.
+    pub fn allowances(&self) -> Result<Vec<Allowance>, StoreError> {
+        self.all(ALLOWANCES, "allowances", |b| {
+            Allowance::decode(b).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Durably records an allowance's counter and its pending transfer.
+    /// The payer calls this on [`PayerEffect::PersistSpend`] and releases
+    /// the transfer only after it returns.
+    pub fn commit_spend(
+        &self,
+        allowance: &AllowanceId,
+        spend: SpendState,
+        pending: Option<&Transfer>,
+    ) -> Result<(), StoreError> {
+        let record = postcard::to_allocvec(&StoredSpend {
+            spend,
+            pending: pending.map(Encode::encode),
+        })
+        .map_err(|e| self.io("encode spend")(e.to_string()))?;
+        self.write(|tx| {
+            tx.open_table(SPENDS)?
+                .insert(allowance.as_bytes().as_slice(), record.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// An allowance's counter and its pending transfer, if any.
+    pub fn spend(
+        &self,
+        allowance: &AllowanceId,
+    ) -> Result<(SpendState, Option<Transfer>), StoreError> {
+        let found = self.read(SPENDS, allowance.as_bytes(), "spends", |b| {
+            let s: StoredSpend = postcard::from_bytes(b).map_err(|e| e.to_string())?;
+            let pending = s
+                .pending
+                .map(|p| Transfer::decode(&p))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            Ok((s.spend, pending))
+        })?;
+        Ok(found.unwrap_or((SpendState::FRESH, None)))
+    }
+
+    /// Durably stores a receipt. A payee calls this on
+    /// [`PayeeEffect::PersistReceipt`] and acknowledges only after it
+    /// returns; a payer on [`PayerEffect::StoreReceipt`], clearing its
+    /// pending transfer in the same transaction.
+    pub fn commit_receipt(&self, receipt: &Receipt, role: Role) -> Result<(), StoreError> {
+        let record = postcard::to_allocvec(&StoredReceipt {
+            role,
+            receipt: receipt.encode(),
+        })
+        .map_err(|e| self.io("encode receipt")(e.to_string()))?;
+        let id = receipt.transfer.id();
+        let allowance = receipt.transfer.header().allowance;
+        let spend = match role {
+            Role::Paid => Some(self.spend(&allowance)?),
+            Role::Received => None,
+        };
+        self.write(|tx| {
+            tx.open_table(RECEIPTS)?
+                .insert(id.as_bytes().as_slice(), record.as_slice())?;
+            if let Some((state, Some(pending))) = &spend
+                && pending.id() == id
+            {
+                let cleared = postcard::to_allocvec(&StoredSpend {
+                    spend: *state,
+                    pending: None,
+                })?;
+                tx.open_table(SPENDS)?
+                    .insert(allowance.as_bytes().as_slice(), cleared.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The stored receipt for a transfer, if any.
+    pub fn receipt(&self, id: &TransferId) -> Result<Option<(Receipt, Role)>, StoreError> {
+        self.read(RECEIPTS, id.as_bytes(), "receipts", decode_receipt)
+    }
+
+    /// Every receipt this node is party to.
+    pub fn receipts(&self) -> Result<Vec<(Receipt, Role)>, StoreError> {
+        self.all(RECEIPTS, "receipts", decode_receipt)
+    }
+
+    /// Replaces the stored ledger with a full save.
+    pub fn save_ledger(&self, bytes: &[u8], epoch: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut t = tx.open_table(LEDGER)?;
+            t.retain(|_, _| false)?;
+            t.insert(0, bytes)?;
+            drop(t);
+            tx.open_table(META)?
+                .insert("ledger_epoch", epoch.to_le_bytes().as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Appends an incremental ledger save.
+    pub fn append_ledger(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut t = tx.open_table(LEDGER)?;
+            let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
+            t.insert(next, bytes)?;
+            Ok(())
+        })
+    }
+
+    /// The stored ledger (full save then increments, concatenated) and its
+    /// epoch, if any.
+    pub fn ledger(&self) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.io("read")(e.to_string()))?;
+        let t = tx
+            .open_table(LEDGER)
+            .map_err(|e| self.io("open table")(e.to_string()))?;
+        let mut bytes = Vec::new();
+        for item in t.iter().map_err(|e| self.io("iterate")(e.to_string()))? {
+            let (_, v) = item.map_err(|e| self.io("iterate")(e.to_string()))?;
+            bytes.extend_from_slice(v.value());
+        }
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let meta = tx
+            .open_table(META)
+            .map_err(|e| self.io("open meta")(e.to_string()))?;
+        let epoch = match meta
+            .get("ledger_epoch")
+            .map_err(|e| self.io("get")(e.to_string()))?
+        {
+            Some(v) => u64::from_le_bytes(
+                v.value()
+                    .try_into()
+                    .map_err(|_| self.damaged("meta", "ledger epoch is not 8 bytes"))?,
+            ),
+            None => 0,
+        };
+        Ok(Some((bytes, epoch)))
+    }
+}
+
+fn decode_receipt(b: &[u8]) -> Result<(Receipt, Role), String> {
+    let s: StoredReceipt = postcard::from_bytes(b).map_err(|e| e.to_string())?;
+    let r = Receipt::decode(&s.receipt).map_err(|e| e.to_string())?;
+    Ok((r, s.role))
+}

@@ -1,0 +1,110 @@
+//! The node's database: durability, reopening, and clear errors on files
+//! it must not touch.
+
+use meshpay_node::store::{Role, SCHEMA_VERSION, Store, StoreError};
+use meshpay_proto::prelude::*;
+
+fn key(b: u8) -> SecretKey {
+    SecretKey::from_seed(&[b; 32])
+}
+
+fn receipt(seq: u32) -> Receipt {
+    let body = TransferBody {
+        payee: key(3).public().into(),
+        nonce: Nonce([seq as u8; 16]),
+        payer_time: Timestamp(1),
+    };
+    let t = Transfer::sign(
+        AllowanceId([1; 16]),
+        seq,
+        u64::from(seq) * 10,
+        10,
+        body,
+        &key(2),
+    );
+    Receipt::acknowledge(t, &key(3))
+}
+
+#[test]
+fn what_was_committed_is_there_after_reopening() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("node.redb");
+    let r = receipt(1);
+    let spend = SpendState {
+        next_seq: 2,
+        cumulative: 10,
+    };
+    let node_id = {
+        let s = Store::open(&path).expect("create");
+        s.commit_spend(&AllowanceId([1; 16]), spend, Some(&r.transfer))
+            .expect("spend");
+        s.commit_receipt(&r, Role::Paid).expect("receipt");
+        s.save_ledger(b"full", 3).expect("ledger");
+        s.append_ledger(b"+more").expect("increment");
+        s.node_id().expect("id")
+    };
+    let s = Store::open(&path).expect("reopen");
+    assert_eq!(s.node_id().expect("id"), node_id, "the node id is stable");
+    // The paid receipt cleared the pending transfer in the same commit.
+    assert_eq!(
+        s.spend(&AllowanceId([1; 16])).expect("spend"),
+        (spend, None)
+    );
+    assert_eq!(
+        s.receipt(&r.transfer.id()).expect("get"),
+        Some((r, Role::Paid))
+    );
+    assert_eq!(
+        s.ledger().expect("ledger"),
+        Some((b"full+more".to_vec(), 3))
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("node.redb");
+    std::fs::write(&path, b"these are not the pages you are looking for").expect("write");
+    let err = Store::open(&path).expect_err("refused");
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(err.to_string().contains("node.redb"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        b"these are not the pages you are looking for"
+    );
+}
+
+#[test]
+fn a_database_of_another_schema_version_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("node.redb");
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut meta = tx
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .expect("meta");
+            meta.insert("schema", (SCHEMA_VERSION + 1).to_le_bytes().as_slice())
+                .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    let err = Store::open(&path).expect_err("refused");
+    assert!(
+        matches!(err, StoreError::Schema { found, .. } if found == SCHEMA_VERSION + 1),
+        "{err}"
+    );
+    assert!(err.to_string().contains("node.redb"));
+}
+
+#[test]
+fn a_missing_directory_is_a_clear_error() {
+    let err = Store::open(std::path::Path::new("/nonexistent-meshpay/dir/node.redb"))
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent-meshpay/dir/node.redb"),
+        "{err}"
+    );
+}
