@@ -2202,8 +2202,14 @@ fn cumulative_step_undercount_is_a_conflict_not_a_mismatch() {
 fn a_lone_header_must_count_one_per_earlier_transfer() {
     // Seq 5 paying 100 implies four earlier transfers of at least 1 each.
     let a = allowance();
-    assert!(meshpay_proto::conflict::over_limit(&header(&payer(), 5, 103, 1), &a));
-    assert!(!meshpay_proto::conflict::over_limit(&header(&payer(), 5, 104, 1), &a));
+    assert!(meshpay_proto::conflict::over_limit(
+        &header(&payer(), 5, 103, 1),
+        &a
+    ));
+    assert!(!meshpay_proto::conflict::over_limit(
+        &header(&payer(), 5, 104, 1),
+        &a
+    ));
     let inv = invoice(100, 3);
     assert_fails!(
         check_limits(&transfer_for(&inv, 5, 103), &a),
