@@ -335,14 +335,12 @@ impl PayerSession {
             // The payee lacks the allowance: the same transfer again, this
             // time with it. Counted as an attempt, so a payee that keeps
             // asking cannot keep the payer sending.
-            self.transmit.push_back(PaymentMessage::Transfer {
-                allowance: Some(Box::new(self.allowance.clone())),
-                transfer: transfer.clone(),
-            });
+            // With it now, and on every retry from now on.
+            self.config.send_allowance = true;
+            self.transmit
+                .push_back(transfer_message(&self.allowance, true, transfer));
             *attempts += 1;
             *retry_at = now.plus(self.config.retry_interval_ms);
-            // And with it on every retry from now on.
-            self.config.send_allowance = true;
         } else {
             // Unauthenticated: the transfer may still have reached the
             // payee, so its sequence number stays used either way.
@@ -450,13 +448,11 @@ impl PayerSession {
             return Err(self.wrong_call("spend_persisted"));
         };
         let transfer = transfer.clone();
-        self.transmit.push_back(PaymentMessage::Transfer {
-            allowance: self
-                .config
-                .send_allowance
-                .then(|| Box::new(self.allowance.clone())),
-            transfer: transfer.clone(),
-        });
+        self.transmit.push_back(transfer_message(
+            &self.allowance,
+            self.config.send_allowance,
+            &transfer,
+        ));
         self.state = PayerState::AwaitingAck {
             transfer,
             attempts: 1,
@@ -484,13 +480,11 @@ impl PayerSession {
         }
         *attempts += 1;
         *retry_at = now.plus(self.config.retry_interval_ms);
-        self.transmit.push_back(PaymentMessage::Transfer {
-            allowance: self
-                .config
-                .send_allowance
-                .then(|| Box::new(self.allowance.clone())),
-            transfer: transfer.clone(),
-        });
+        self.transmit.push_back(transfer_message(
+            &self.allowance,
+            self.config.send_allowance,
+            transfer,
+        ));
     }
 
     /// The counter as it stands after this session.
@@ -503,5 +497,13 @@ impl PayerSession {
             call,
             state: self.state.name(),
         }
+    }
+}
+
+/// The one transfer of a session, with the allowance attached if asked.
+fn transfer_message(allowance: &Allowance, attach: bool, transfer: &Transfer) -> PaymentMessage {
+    PaymentMessage::Transfer {
+        allowance: attach.then(|| Box::new(allowance.clone())),
+        transfer: transfer.clone(),
     }
 }

@@ -210,6 +210,14 @@ impl AutomergeReplica {
         ActorId::from(actor)
     }
 
+    /// The pairs of `ops` this replica does not hold, each once.
+    fn not_held(&self, ops: Vec<KeyValue>) -> Vec<KeyValue> {
+        let mut seen = HashSet::new();
+        ops.into_iter()
+            .filter(|(k, v)| !self.values(k).contains(v) && seen.insert((k.clone(), v.clone())))
+            .collect()
+    }
+
     /// The automerge document (for measurements).
     pub fn doc(&self) -> &Automerge {
         &self.doc
@@ -331,11 +339,7 @@ impl Replica for AutomergeReplica {
                 }
             }
         }
-        let mut seen = HashSet::new();
-        let new_entries = ops
-            .into_iter()
-            .filter(|(k, v)| !self.values(k).contains(v) && seen.insert((k.clone(), v.clone())))
-            .collect();
+        let new_entries = self.not_held(ops);
         Ok(Inspected {
             new_entries,
             size: message.len(),
@@ -349,11 +353,7 @@ impl Replica for AutomergeReplica {
         for change in doc.get_changes(&[]) {
             ledger_ops(&change, &mut ops)?;
         }
-        let mut seen = HashSet::new();
-        let new_entries = ops
-            .into_iter()
-            .filter(|(k, v)| !self.values(k).contains(v) && seen.insert((k.clone(), v.clone())))
-            .collect();
+        let new_entries = self.not_held(ops);
         Ok((
             AutomergeReplica {
                 doc,
