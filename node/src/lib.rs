@@ -13,6 +13,7 @@
 
 pub mod demo;
 pub mod local;
+pub mod mesh;
 pub mod node;
 pub mod store;
 

@@ -1,0 +1,834 @@
+//! The local mesh over libp2p: TCP with noise and yamux, discovery by
+//! mDNS and static peers, identify, and one request-response protocol
+//! (`/meshpay/1`) that carries payment messages and sync-session frames.
+//!
+//! A [`Mesh`] owns a [`Node`] and its swarm and runs on one task; callers
+//! drive it through a [`MeshHandle`] (the control API and the CLI do).
+//! Sync runs on every new connection and every `sync_interval`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, tcp, yamux};
+use meshpay_proto::prelude::*;
+use meshpay_proto::sync::{SyncConfig, SyncSession};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::node::{Node, NodeError};
+
+/// The protocol name on the wire.
+pub const PROTOCOL: &str = "/meshpay/1";
+/// Largest request or response accepted from a peer.
+pub const MAX_WIRE_MESSAGE: usize = 32 << 20;
+/// Most request rounds one sync session may take.
+const MAX_SYNC_ROUNDS: u32 = 256;
+
+/// What one peer asks another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MeshRequest {
+    /// Sync-session frames from the initiator.
+    Sync(Vec<Vec<u8>>),
+    /// An encoded [`PaymentMessage`] (a transfer, payer to payee).
+    Payment(Vec<u8>),
+}
+
+/// The answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MeshResponse {
+    /// The responder's frames, and whether its session is finished.
+    Sync {
+        /// Frames.
+        frames: Vec<Vec<u8>>,
+        /// The responder considers the ledgers in agreement.
+        finished: bool,
+    },
+    /// An encoded [`PaymentMessage`] (an acknowledgement or a rejection).
+    Payment(Vec<u8>),
+    /// The request was refused (malformed, or too much at once).
+    Refused(String),
+}
+
+/// Length-prefixed postcard over a libp2p stream, with a size cap.
+#[derive(Debug, Clone, Default)]
+pub struct WireCodec;
+
+async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
+    use futures::AsyncReadExt;
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_WIRE_MESSAGE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("message of {len} bytes exceeds {MAX_WIRE_MESSAGE}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    data: &[u8],
+) -> std::io::Result<()> {
+    use futures::AsyncWriteExt;
+    let len = u32::try_from(data.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "message too large"))?;
+    io.write_all(&len.to_le_bytes()).await?;
+    io.write_all(data).await?;
+    io.close().await
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn encode<T: Serialize>(v: &T) -> std::io::Result<Vec<u8>> {
+    postcard::to_allocvec(v).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+impl request_response::Codec for WireCodec {
+    type Protocol = StreamProtocol;
+    type Request = MeshRequest;
+    type Response = MeshResponse;
+
+    async fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<MeshRequest>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        decode(&read_frame(io).await?)
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<MeshResponse>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        decode(&read_frame(io).await?)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: MeshRequest,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&req)?).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: MeshResponse,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&res)?).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    rr: request_response::Behaviour<WireCodec>,
+    identify: identify::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// How a mesh node runs.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// Addresses to listen on (`/ip4/127.0.0.1/tcp/0` picks a port).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (with `/p2p/<peer id>` or without).
+    pub peers: Vec<Multiaddr>,
+    /// Discover peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Sync with every connected peer this often.
+    pub sync_interval: Duration,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            listen: Vec::new(),
+            peers: Vec::new(),
+            mdns: true,
+            sync_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the mesh failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// libp2p could not be set up (a bad address, a port in use).
+    #[error("network: {0}")]
+    Network(String),
+    /// The mesh task is gone.
+    #[error("the mesh has stopped")]
+    Stopped,
+    /// A payment could not reach the payee.
+    #[error("payment to {peer} failed: {reason}")]
+    Unreachable {
+        /// The payee's peer id.
+        peer: PeerId,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A node's state as the control API reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// This node's libp2p peer id.
+    pub peer_id: String,
+    /// Where it listens.
+    pub listening: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<String>,
+    /// The wallet key (hex).
+    pub wallet: String,
+    /// Ledger entries held.
+    pub ledger_entries: usize,
+    /// Ledger digest (hex).
+    pub ledger_digest: String,
+    /// Conflict proofs held.
+    pub proofs: usize,
+    /// Sync sessions completed.
+    pub syncs_completed: u64,
+}
+
+/// How a payment over the mesh ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum MeshPayment {
+    /// Paid: the transfer id (hex).
+    Paid(String),
+    /// The payee refused: the rule's name.
+    Refused(String),
+    /// The payer refused before signing: why.
+    PayerRefused(String),
+    /// No acknowledgement; the sequence number stays used.
+    Uncertain,
+}
+
+enum Command {
+    Request {
+        amount: u64,
+        currency: Currency,
+        memo: Option<String>,
+        reply: oneshot::Sender<Result<Invoice, MeshError>>,
+    },
+    Pay {
+        invoice: Invoice,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<MeshPayment, MeshError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    SyncNow,
+    Stop,
+}
+
+/// Drives a running mesh node.
+#[derive(Clone)]
+pub struct MeshHandle {
+    tx: mpsc::Sender<Command>,
+    /// The node's peer id.
+    pub peer_id: PeerId,
+}
+
+impl MeshHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MeshError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Opens an invoice on this node (it is the payee).
+    pub async fn request(
+        &self,
+        amount: u64,
+        currency: Currency,
+        memo: Option<String>,
+    ) -> Result<Invoice, MeshError> {
+        self.call(|reply| Command::Request {
+            amount,
+            currency,
+            memo,
+            reply,
+        })
+        .await?
+    }
+
+    /// Pays `invoice` to the payee node `peer` (this node is the payer).
+    pub async fn pay(&self, invoice: Invoice, peer: PeerId) -> Result<MeshPayment, MeshError> {
+        self.call(|reply| Command::Pay {
+            invoice,
+            peer,
+            reply,
+        })
+        .await?
+    }
+
+    /// The node's state.
+    pub async fn status(&self) -> Result<Status, MeshError> {
+        self.call(|reply| Command::Status { reply }).await
+    }
+
+    /// Starts a sync with every connected peer now.
+    pub async fn sync_now(&self) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::SyncNow)
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Stops the mesh task.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+}
+
+/// A sync session this node started, waiting for the peer's answer.
+struct Outgoing {
+    session: SyncSession,
+    rounds: u32,
+}
+
+struct PendingPayment {
+    session: PayerSession,
+    reply: oneshot::Sender<Result<MeshPayment, MeshError>>,
+}
+
+/// A node on the mesh.
+pub struct Mesh {
+    node: Node,
+    swarm: Swarm<Behaviour>,
+    config: MeshConfig,
+    started: tokio::time::Instant,
+    /// Sessions this node started, by peer.
+    initiated: HashMap<PeerId, Outgoing>,
+    /// Sessions peers started, by peer.
+    answering: HashMap<PeerId, SyncSession>,
+    sync_requests: HashMap<OutboundRequestId, PeerId>,
+    invoices: HashMap<Nonce, PayeeSession>,
+    payments: HashMap<OutboundRequestId, PendingPayment>,
+    syncs_completed: u64,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Mesh {
+    /// Starts listening and dialing; returns the mesh (run it with
+    /// [`Mesh::run`]) and a handle to drive it.
+    pub fn start(node: Node, config: MeshConfig) -> Result<(Mesh, MeshHandle), MeshError> {
+        let net = |e: &dyn std::fmt::Display| MeshError::Network(e.to_string());
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| net(&e))?
+            .with_behaviour(|key| {
+                let mdns = if config.mdns {
+                    mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())
+                        .ok()
+                } else {
+                    None
+                };
+                Behaviour {
+                    rr: request_response::Behaviour::new(
+                        [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(30)),
+                    ),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/meshpay/1".into(),
+                        key.public(),
+                    )),
+                    mdns: Toggle::from(mdns),
+                }
+            })
+            .map_err(|e| net(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| net(&e))?;
+        }
+        for addr in &config.peers {
+            swarm.dial(addr.clone()).map_err(|e| net(&e))?;
+        }
+        let (tx, commands) = mpsc::channel(64);
+        let handle = MeshHandle {
+            tx,
+            peer_id: *swarm.local_peer_id(),
+        };
+        let mesh = Mesh {
+            node,
+            swarm,
+            config,
+            started: tokio::time::Instant::now(),
+            initiated: HashMap::new(),
+            answering: HashMap::new(),
+            sync_requests: HashMap::new(),
+            invoices: HashMap::new(),
+            payments: HashMap::new(),
+            syncs_completed: 0,
+            commands,
+        };
+        Ok((mesh, handle))
+    }
+
+    /// Starts the mesh on the current tokio runtime; the task returns the
+    /// node when stopped.
+    pub fn spawn(
+        node: Node,
+        config: MeshConfig,
+    ) -> Result<(MeshHandle, tokio::task::JoinHandle<Node>), MeshError> {
+        let (mesh, handle) = Mesh::start(node, config)?;
+        Ok((handle, tokio::spawn(mesh.run())))
+    }
+
+    fn millis(&self) -> Millis {
+        Millis(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Runs until stopped. Returns the node.
+    pub async fn run(mut self) -> Node {
+        let mut tick = tokio::time::interval(self.config.sync_interval);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Stop) => break,
+                    Some(c) => self.on_command(c),
+                },
+                _ = tick.tick() => {
+                    self.redial();
+                    self.sync_all();
+                }
+            }
+        }
+        self.node
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request {
+                amount,
+                currency,
+                memo,
+                reply,
+            } => {
+                let r = self
+                    .node
+                    .request(amount, currency, memo, self.millis())
+                    .map(|mut s| {
+                        // The invoice travels out of band (the CLI prints it).
+                        while s.poll_transmit().is_some() {}
+                        let invoice = s.invoice().clone();
+                        self.invoices.insert(invoice.nonce, s);
+                        invoice
+                    });
+                let _ = reply.send(r.map_err(MeshError::from));
+            }
+            Command::Pay {
+                invoice,
+                peer,
+                reply,
+            } => self.start_pay(invoice, peer, reply),
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::SyncNow => self.sync_all(),
+            Command::Stop => {}
+        }
+    }
+
+    fn status(&self) -> Status {
+        let ledger = self.node.ledger();
+        Status {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listening: self.swarm.listeners().map(ToString::to_string).collect(),
+            peers: self
+                .swarm
+                .connected_peers()
+                .map(ToString::to_string)
+                .collect(),
+            wallet: self.node.public_key().to_string(),
+            ledger_entries: ledger.len(),
+            ledger_digest: ledger.digest().to_string(),
+            proofs: ledger.proofs().len(),
+            syncs_completed: self.syncs_completed,
+        }
+    }
+
+    fn start_pay(
+        &mut self,
+        invoice: Invoice,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<MeshPayment, MeshError>>,
+    ) {
+        let now = self.millis();
+        let config = PayerConfig {
+            send_allowance: true,
+            ..PayerConfig::default()
+        };
+        let result = (|| -> Result<Result<(PayerSession, Vec<u8>), String>, MeshError> {
+            let mut session = self
+                .node
+                .start_payment(invoice.amount, wall_clock(), now, config)?;
+            let _ = session.handle(PaymentMessage::Invoice(invoice), now);
+            if let PayerState::Refused(e) = session.state() {
+                return Ok(Err(e.to_string()));
+            }
+            // Running `pay` is the user's confirmation.
+            if self.node.drive_payer(&mut session, now)?.is_some() {
+                session.confirm().map_err(NodeError::from)?;
+                self.node.drive_payer(&mut session, now)?;
+            }
+            let Some(message) = session.poll_transmit() else {
+                return Err(MeshError::Unreachable {
+                    peer,
+                    reason: "nothing to send".into(),
+                });
+            };
+            Ok(Ok((session, message.encode())))
+        })();
+        match result {
+            Ok(Ok((session, bytes))) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .rr
+                    .send_request(&peer, MeshRequest::Payment(bytes));
+                self.payments.insert(id, PendingPayment { session, reply });
+            }
+            Ok(Err(why)) => {
+                let _ = reply.send(Ok(MeshPayment::PayerRefused(why)));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => self.start_sync(peer_id),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        self.swarm.add_peer_address(peer, addr.clone());
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(event)) => self.on_rr(event),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.initiated.remove(&peer_id);
+                self.answering.remove(&peer_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_rr(&mut self, event: request_response::Event<MeshRequest, MeshResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.on_request(peer, request, channel);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.on_response(peer, request_id, response);
+            }
+            Event::OutboundFailure {
+                request_id,
+                peer,
+                error,
+                ..
+            } => {
+                self.sync_requests.remove(&request_id);
+                self.initiated.remove(&peer);
+                if let Some(p) = self.payments.remove(&request_id) {
+                    let _ = p.reply.send(Err(MeshError::Unreachable {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+                tracing::debug!(%peer, %error, "request failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: MeshRequest,
+        channel: ResponseChannel<MeshResponse>,
+    ) {
+        let response = match request {
+            MeshRequest::Sync(frames) => self.answer_sync(peer, &frames),
+            MeshRequest::Payment(bytes) => self.answer_payment(&bytes),
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .rr
+            .send_response(channel, response);
+    }
+
+    fn answer_sync(&mut self, peer: PeerId, frames: &[Vec<u8>]) -> MeshResponse {
+        let now = self.millis();
+        let session = self.answering.entry(peer).or_insert_with(|| {
+            SyncSession::new(
+                self.node.ledger(),
+                Default::default(),
+                SyncConfig::default(),
+                now,
+            )
+        });
+        for f in frames {
+            if let Err(e) = session.handle_frame(self.node.ledger_mut(), f, now) {
+                tracing::warn!(%peer, error = %e, "sync refused; dropping the peer");
+                self.answering.remove(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+                return MeshResponse::Refused(e.to_string());
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(f) = session.poll_transmit() {
+            out.push(f);
+        }
+        let finished = session.is_finished();
+        if finished {
+            self.answering.remove(&peer);
+            self.finish_sync();
+        }
+        MeshResponse::Sync {
+            frames: out,
+            finished,
+        }
+    }
+
+    fn answer_payment(&mut self, bytes: &[u8]) -> MeshResponse {
+        let message = match PaymentMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => return MeshResponse::Refused(e.to_string()),
+        };
+        let PaymentMessage::Transfer { transfer, .. } = &message else {
+            return MeshResponse::Refused(format!("unexpected {} message", message.kind()));
+        };
+        // A transfer acknowledged before a restart gets the same answer.
+        if let Ok(Some((receipt, _))) = self.node.store().receipt(&transfer.id()) {
+            return MeshResponse::Payment(
+                PaymentMessage::Ack {
+                    transfer: transfer.id(),
+                    signature: receipt.payee_signature,
+                }
+                .encode(),
+            );
+        }
+        let Some(mut session) = self.invoices.remove(&transfer.body().nonce) else {
+            return MeshResponse::Payment(
+                PaymentMessage::Reject {
+                    transfer: transfer.id(),
+                    rule: Rule::InvoiceNonce,
+                }
+                .encode(),
+            );
+        };
+        let ctx_now = wall_clock();
+        {
+            let ctx = self.node.check_context(ctx_now);
+            let _ = session.handle(message, &ctx);
+        }
+        if let Err(e) = self.node.drive_payee(&mut session) {
+            tracing::error!(error = %e, "could not store a receipt; not acknowledging");
+            return MeshResponse::Refused("payee storage failed".into());
+        }
+        let mut answer = None;
+        while let Some(m) = session.poll_transmit() {
+            if !matches!(m, PaymentMessage::Invoice(_)) {
+                answer = Some(m);
+            }
+        }
+        let nonce = session.invoice().nonce;
+        self.invoices.insert(nonce, session);
+        match answer {
+            Some(m) => MeshResponse::Payment(m.encode()),
+            None => MeshResponse::Refused("no answer".into()),
+        }
+    }
+
+    fn on_response(&mut self, peer: PeerId, id: OutboundRequestId, response: MeshResponse) {
+        if let Some(mut p) = self.payments.remove(&id) {
+            let now = self.millis();
+            let outcome = match response {
+                MeshResponse::Payment(bytes) => match PaymentMessage::decode(&bytes) {
+                    Ok(m) => {
+                        let _ = p.session.handle(m, now);
+                        let _ = self.node.drive_payer(&mut p.session, now);
+                        match p.session.state() {
+                            PayerState::Paid(r) => {
+                                Ok(MeshPayment::Paid(r.transfer.id().to_string()))
+                            }
+                            PayerState::Rejected { rule, .. } => {
+                                Ok(MeshPayment::Refused(rule.name().into()))
+                            }
+                            _ => Ok(MeshPayment::Uncertain),
+                        }
+                    }
+                    Err(_) => Ok(MeshPayment::Uncertain),
+                },
+                _ => Ok(MeshPayment::Uncertain),
+            };
+            let _ = p.reply.send(outcome);
+            return;
+        }
+        if self.sync_requests.remove(&id).is_none() {
+            return;
+        }
+        let MeshResponse::Sync { frames, finished } = response else {
+            self.initiated.remove(&peer);
+            return;
+        };
+        let now = self.millis();
+        let Some(mut out) = self.initiated.remove(&peer) else {
+            return;
+        };
+        for f in &frames {
+            if let Err(e) = out.session.handle_frame(self.node.ledger_mut(), f, now) {
+                tracing::warn!(%peer, error = %e, "sync refused; dropping the peer");
+                let _ = self.swarm.disconnect_peer_id(peer);
+                return;
+            }
+        }
+        if out.session.is_finished() && finished {
+            self.finish_sync();
+            return;
+        }
+        out.rounds += 1;
+        if out.rounds > MAX_SYNC_ROUNDS {
+            tracing::warn!(%peer, "sync did not converge; giving up");
+            return;
+        }
+        self.send_sync_round(peer, out);
+    }
+
+    fn finish_sync(&mut self) {
+        self.syncs_completed += 1;
+        if let Err(e) = self.node.persist_ledger() {
+            tracing::error!(error = %e, "could not persist the ledger");
+        }
+    }
+
+    fn start_sync(&mut self, peer: PeerId) {
+        if self.initiated.contains_key(&peer) {
+            return;
+        }
+        let session = SyncSession::new(
+            self.node.ledger(),
+            Default::default(),
+            SyncConfig::default(),
+            self.millis(),
+        );
+        self.send_sync_round(peer, Outgoing { session, rounds: 0 });
+    }
+
+    fn send_sync_round(&mut self, peer: PeerId, mut out: Outgoing) {
+        let mut frames = Vec::new();
+        while let Some(f) = out.session.poll_transmit() {
+            frames.push(f);
+        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rr
+            .send_request(&peer, MeshRequest::Sync(frames));
+        self.sync_requests.insert(id, peer);
+        self.initiated.insert(peer, out);
+    }
+
+    /// Dials every static peer that is not connected (a link that dropped
+    /// comes back on the next tick).
+    fn redial(&mut self) {
+        for addr in self.config.peers.clone() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            if peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "redial failed");
+            }
+        }
+    }
+
+    fn sync_all(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            self.start_sync(p);
+        }
+    }
+}
+
+/// The node's wall clock, in protocol time.
+pub fn wall_clock() -> Timestamp {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Timestamp(secs)
+}

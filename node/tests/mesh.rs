@@ -1,0 +1,144 @@
+//! Nodes on the libp2p mesh over loopback TCP: a payment between two of
+//! them, and the ledger reaching a third by sync.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use meshpay_node::mesh::{Mesh, MeshConfig, MeshHandle, MeshPayment};
+use meshpay_node::node::Node;
+use meshpay_proto::prelude::*;
+
+fn now() -> Timestamp {
+    meshpay_node::mesh::wall_clock()
+}
+
+fn allowance(issuer: &SecretKey, wallet: PublicKey) -> Allowance {
+    Allowance::sign(
+        AllowanceTerms {
+            id: AllowanceId([7; 16]),
+            wallet,
+            amount: 10_000,
+            currency: Currency::new("EUR").expect("code"),
+            issued_at: now().minus(60),
+            expires_at: now().plus(86_400),
+            caps: Caps {
+                max_per_payment: 5_000,
+                max_payments: 50,
+            },
+            tier: 1,
+            restriction: None,
+            issuer: issuer.public(),
+        },
+        issuer,
+    )
+}
+
+async fn start(
+    dir: &std::path::Path,
+    name: &str,
+    key: SecretKey,
+    trust: &TrustStore,
+    peers: Vec<Multiaddr>,
+) -> (MeshHandle, Multiaddr, tokio::task::JoinHandle<Node>) {
+    let node =
+        Node::open(name, &dir.join(format!("{name}.redb")), key, trust.clone()).expect("node");
+    let config = MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        peers,
+        mdns: false,
+        sync_interval: Duration::from_millis(300),
+    };
+    let (handle, task) = Mesh::spawn(node, config).expect("mesh");
+    let addr = loop {
+        let s = handle.status().await.expect("status");
+        if let Some(a) = s.listening.first() {
+            break format!("{a}/p2p/{}", s.peer_id).parse().expect("multiaddr");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (handle, addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_over_loopback_and_the_ledger_reaching_a_third_node() {
+    let dir = tempfile::tempdir().expect("dir");
+    let issuer = SecretKey::from_seed(&[1; 32]);
+    let trust = TrustStore::new(issuer.public());
+    let payer_key = SecretKey::from_seed(&[2; 32]);
+
+    // The payer's allowance is loaded before it goes offline.
+    {
+        let mut n = Node::open(
+            "payer",
+            &dir.path().join("payer.redb"),
+            payer_key.clone(),
+            trust.clone(),
+        )
+        .expect("node");
+        n.add_allowance(allowance(&issuer, payer_key.public()))
+            .expect("allowance");
+    }
+    let (c, c_addr, c_task) = start(
+        dir.path(),
+        "c",
+        SecretKey::from_seed(&[4; 32]),
+        &trust,
+        vec![],
+    )
+    .await;
+    let (b, b_addr, b_task) = start(
+        dir.path(),
+        "b",
+        SecretKey::from_seed(&[3; 32]),
+        &trust,
+        vec![c_addr],
+    )
+    .await;
+    let (a, _, a_task) = start(dir.path(), "payer", payer_key, &trust, vec![b_addr]).await;
+
+    let invoice = b
+        .request(
+            450,
+            Currency::new("EUR").expect("code"),
+            Some("coffee".into()),
+        )
+        .await
+        .expect("invoice");
+    let outcome = a.pay(invoice.clone(), b.peer_id).await.expect("pay");
+    assert!(matches!(outcome, MeshPayment::Paid(_)), "{outcome:?}");
+
+    // Paying the same invoice again is refused: it is paid.
+    let again = a.pay(invoice, b.peer_id).await.expect("pay");
+    assert!(matches!(again, MeshPayment::Refused(_)), "{again:?}");
+
+    // Sync carries the header from b to c (a and c never met).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (sa, sb, sc) = (
+            a.status().await.expect("a"),
+            b.status().await.expect("b"),
+            c.status().await.expect("c"),
+        );
+        if sa.ledger_digest == sb.ledger_digest
+            && sb.ledger_digest == sc.ledger_digest
+            && sc.ledger_entries >= 2
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence: {sa:?} {sb:?} {sc:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for h in [&a, &b, &c] {
+        h.stop().await;
+    }
+    let (a_node, b_node, _) = (
+        a_task.await.expect("a"),
+        b_task.await.expect("b"),
+        c_task.await.expect("c"),
+    );
+    assert_eq!(a_node.receipts().expect("a receipts").len(), 1);
+    assert_eq!(b_node.receipts().expect("b receipts").len(), 1);
+}
