@@ -11,6 +11,8 @@
 
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod config;
+pub mod control;
 pub mod demo;
 pub mod local;
 pub mod mesh;

@@ -219,6 +219,51 @@ pub struct Status {
     pub syncs_completed: u64,
 }
 
+/// One receipt this node is party to.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// The transfer id (hex).
+    pub transfer: String,
+    /// "paid" or "received".
+    pub role: &'static str,
+    /// Amount in minor units.
+    pub amount: u64,
+    /// The allowance (hex) and sequence number.
+    pub allowance: String,
+    /// Sequence number.
+    pub seq: u32,
+    /// The payee's wallet key (hex).
+    pub payee: String,
+}
+
+/// The partial ledger, as `ledger export` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerExport {
+    /// Epoch.
+    pub epoch: u64,
+    /// Digest (hex).
+    pub digest: String,
+    /// Every transfer header.
+    pub headers: Vec<ExportedHeader>,
+    /// Allowances with a conflict proof against them (hex ids).
+    pub conflicted: Vec<String>,
+}
+
+/// One header in an export.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportedHeader {
+    /// Allowance id (hex).
+    pub allowance: String,
+    /// Sequence number.
+    pub seq: u32,
+    /// Cumulative amount.
+    pub cumulative: u64,
+    /// Amount.
+    pub amount: u64,
+    /// Transfer id (hex).
+    pub transfer: String,
+}
+
 /// How a payment over the mesh ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum MeshPayment {
@@ -246,6 +291,16 @@ enum Command {
     },
     Status {
         reply: oneshot::Sender<Status>,
+    },
+    History {
+        reply: oneshot::Sender<Result<Vec<HistoryEntry>, MeshError>>,
+    },
+    Ledger {
+        reply: oneshot::Sender<LedgerExport>,
+    },
+    AddAllowance {
+        allowance: Box<Allowance>,
+        reply: oneshot::Sender<Result<(), MeshError>>,
     },
     SyncNow,
     Stop,
@@ -301,6 +356,25 @@ impl MeshHandle {
     /// The node's state.
     pub async fn status(&self) -> Result<Status, MeshError> {
         self.call(|reply| Command::Status { reply }).await
+    }
+
+    /// Receipts this node is party to.
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>, MeshError> {
+        self.call(|reply| Command::History { reply }).await?
+    }
+
+    /// The partial ledger.
+    pub async fn ledger(&self) -> Result<LedgerExport, MeshError> {
+        self.call(|reply| Command::Ledger { reply }).await
+    }
+
+    /// Takes an allowance loaded online for this node's wallet.
+    pub async fn add_allowance(&self, allowance: Allowance) -> Result<(), MeshError> {
+        self.call(|reply| Command::AddAllowance {
+            allowance: Box::new(allowance),
+            reply,
+        })
+        .await?
     }
 
     /// Starts a sync with every connected peer now.
@@ -469,8 +543,69 @@ impl Mesh {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::History { reply } => {
+                let _ = reply.send(self.history());
+            }
+            Command::Ledger { reply } => {
+                let _ = reply.send(self.export());
+            }
+            Command::AddAllowance { allowance, reply } => {
+                let r = self.node.add_allowance(*allowance).map_err(MeshError::from);
+                let _ = reply.send(r);
+                self.sync_all();
+            }
             Command::SyncNow => self.sync_all(),
             Command::Stop => {}
+        }
+    }
+
+    fn history(&self) -> Result<Vec<HistoryEntry>, MeshError> {
+        let mut out: Vec<HistoryEntry> = self
+            .node
+            .receipts()?
+            .into_iter()
+            .map(|(r, role)| {
+                let h = r.transfer.header();
+                HistoryEntry {
+                    transfer: r.transfer.id().to_string(),
+                    role: match role {
+                        crate::store::Role::Paid => "paid",
+                        crate::store::Role::Received => "received",
+                    },
+                    amount: h.amount,
+                    allowance: h.allowance.to_string(),
+                    seq: h.seq,
+                    payee: r.transfer.body().payee.to_string(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.allowance, a.seq).cmp(&(&b.allowance, b.seq)));
+        Ok(out)
+    }
+
+    fn export(&self) -> LedgerExport {
+        let ledger = self.node.ledger();
+        let mut conflicted: Vec<String> = ledger
+            .proofs()
+            .iter()
+            .map(|p| p.allowance().to_string())
+            .collect();
+        conflicted.dedup();
+        LedgerExport {
+            epoch: ledger.epoch(),
+            digest: ledger.digest().to_string(),
+            headers: ledger
+                .all_headers()
+                .into_iter()
+                .map(|h| ExportedHeader {
+                    allowance: h.allowance.to_string(),
+                    seq: h.seq,
+                    cumulative: h.cumulative,
+                    amount: h.amount,
+                    transfer: h.id().to_string(),
+                })
+                .collect(),
+            conflicted,
         }
     }
 
