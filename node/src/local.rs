@@ -38,7 +38,7 @@ pub fn pay(
         send_allowance: false,
         ..PayerConfig::default()
     };
-    let mut payer_session = payer.start_payment(amount, now, t, config)?;
+    let mut payer_session = payer.start_payment(amount, now, config)?;
     let mut payee_session = payee.request(amount, currency, memo.map(str::to_string), t)?;
     for _ in 0..32 {
         let mut moved = false;

@@ -417,14 +417,30 @@ pub struct Mesh {
     payments: HashMap<OutboundRequestId, PendingPayment>,
     syncs_completed: u64,
     commands: mpsc::Receiver<Command>,
+    /// Payments waiting for a connection to their payee: nothing is signed
+    /// until the payee is reachable.
+    waiting: Vec<WaitingPayment>,
 }
+
+struct WaitingPayment {
+    invoice: Invoice,
+    peer: PeerId,
+    since: Millis,
+    reply: oneshot::Sender<Result<MeshPayment, MeshError>>,
+}
+
+/// How long a payment waits for its payee to become reachable.
+const CONNECT_WAIT_MS: u64 = 5_000;
 
 impl Mesh {
     /// Starts listening and dialing; returns the mesh (run it with
     /// [`Mesh::run`]) and a handle to drive it.
     pub fn start(node: Node, config: MeshConfig) -> Result<(Mesh, MeshHandle), MeshError> {
         let net = |e: &dyn std::fmt::Display| MeshError::Network(e.to_string());
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        let mut seed = node.store().p2p_seed().map_err(NodeError::from)?;
+        let keypair =
+            libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).map_err(|e| net(&e))?;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
@@ -459,6 +475,11 @@ impl Mesh {
             swarm.listen_on(addr.clone()).map_err(|e| net(&e))?;
         }
         for addr in &config.peers {
+            // Remember where the peer is, so that a request to it can dial
+            // even before (or after) this first connection.
+            if let Some(peer) = peer_of(addr) {
+                swarm.add_peer_address(peer, addr.clone());
+            }
             swarm.dial(addr.clone()).map_err(|e| net(&e))?;
         }
         let (tx, commands) = mpsc::channel(64);
@@ -478,6 +499,7 @@ impl Mesh {
             payments: HashMap::new(),
             syncs_completed: 0,
             commands,
+            waiting: Vec::new(),
         };
         Ok((mesh, handle))
     }
@@ -509,6 +531,7 @@ impl Mesh {
                 _ = tick.tick() => {
                     self.redial();
                     self.sync_all();
+                    self.expire_waiting();
                 }
             }
         }
@@ -539,7 +562,21 @@ impl Mesh {
                 invoice,
                 peer,
                 reply,
-            } => self.start_pay(invoice, peer, reply),
+            } => {
+                if self.swarm.is_connected(&peer) {
+                    self.start_pay(invoice, peer, reply);
+                } else {
+                    // Sign nothing until the payee is reachable.
+                    let _ = self.swarm.dial(peer);
+                    let since = self.millis();
+                    self.waiting.push(WaitingPayment {
+                        invoice,
+                        peer,
+                        since,
+                        reply,
+                    });
+                }
+            }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -641,7 +678,7 @@ impl Mesh {
         let result = (|| -> Result<Result<(PayerSession, Vec<u8>), String>, MeshError> {
             let mut session = self
                 .node
-                .start_payment(invoice.amount, wall_clock(), now, config)?;
+                .start_payment(invoice.amount, wall_clock(), config)?;
             let _ = session.handle(PaymentMessage::Invoice(invoice), now);
             if let PayerState::Refused(e) = session.state() {
                 return Ok(Err(e.to_string()));
@@ -679,7 +716,16 @@ impl Mesh {
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => self.start_sync(peer_id),
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+                    .into_iter()
+                    .partition(|w| w.peer == peer_id);
+                self.waiting = still;
+                for w in ready {
+                    self.start_pay(w.invoice, w.peer, w.reply);
+                }
+                self.start_sync(peer_id);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if !self.swarm.is_connected(&peer) {
@@ -934,15 +980,26 @@ impl Mesh {
         self.initiated.insert(peer, out);
     }
 
+    /// Fails payments whose payee stayed out of reach; nothing was signed.
+    fn expire_waiting(&mut self) {
+        let now = self.millis();
+        let (expired, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| now.0 >= w.since.0 + CONNECT_WAIT_MS);
+        self.waiting = still;
+        for w in expired {
+            let _ = w.reply.send(Err(MeshError::Unreachable {
+                peer: w.peer,
+                reason: "not reachable; nothing was signed".into(),
+            }));
+        }
+    }
+
     /// Dials every static peer that is not connected (a link that dropped
     /// comes back on the next tick).
     fn redial(&mut self) {
         for addr in self.config.peers.clone() {
-            let peer = addr.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            });
-            if peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+            if peer_of(&addr).is_some_and(|p| self.swarm.is_connected(&p)) {
                 continue;
             }
             if let Err(e) = self.swarm.dial(addr.clone()) {
@@ -957,6 +1014,14 @@ impl Mesh {
             self.start_sync(p);
         }
     }
+}
+
+/// The peer id at the end of a multiaddr (`.../p2p/<id>`), if any.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
 }
 
 /// The node's wall clock, in protocol time.

@@ -138,26 +138,26 @@ impl Node {
         Ok(out)
     }
 
-    /// Starts paying `amount`: resumes a pending transfer if one was left
-    /// by a crash (it must be settled first, never re-signed), otherwise
-    /// picks the allowance with the most left that can pay it.
+    /// Starts paying `amount` from the allowance with the most left that can
+    /// pay it. A transfer left pending by a crash or a refusal is given up
+    /// as uncertain first: its sequence number and amount stay used (the
+    /// payer's risk, refunded at settlement if no receipt for it arrives);
+    /// it is never re-signed.
     pub fn start_payment(
         &self,
         amount: u64,
         wall_clock: Timestamp,
-        now: Millis,
         config: PayerConfig,
     ) -> Result<PayerSession, NodeError> {
         let balances = self.balances()?;
         for (a, _) in &balances {
-            if let (_, Some(pending)) = self.store.spend(&a.id)? {
-                return Ok(PayerSession::resume(
-                    a.clone(),
-                    self.key.clone(),
-                    pending,
-                    now,
-                    config,
-                ));
+            if let (spend, Some(pending)) = self.store.spend(&a.id)? {
+                tracing::warn!(
+                    transfer = %pending.id(),
+                    seq = pending.header().seq,
+                    "an earlier payment never completed; its amount stays counted as spent"
+                );
+                self.store.commit_spend(&a.id, spend, None)?;
             }
         }
         let remaining = balances.iter().map(|(_, left)| *left).max().unwrap_or(0);

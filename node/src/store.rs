@@ -123,9 +123,15 @@ impl Store {
             None => store.write(|tx| {
                 let mut meta = tx.open_table(META)?;
                 meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
+                let mut rng = crate::os_rng()?;
                 let mut node_id = [0u8; 8];
-                rand::Rng::fill_bytes(&mut crate::os_rng()?, &mut node_id);
+                rand::Rng::fill_bytes(&mut rng, &mut node_id);
                 meta.insert("node_id", node_id.as_slice())?;
+                // The transport identity (libp2p), separate from the wallet
+                // key and stable across restarts.
+                let mut p2p = [0u8; 32];
+                rand::Rng::fill_bytes(&mut rng, &mut p2p);
+                meta.insert("p2p_key", p2p.as_slice())?;
                 drop(meta);
                 // Create every table so that readers never meet a missing one.
                 tx.open_table(ALLOWANCES)?;
@@ -141,6 +147,25 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The seed of this node's transport (libp2p) key, made when the
+    /// database was created.
+    pub fn p2p_seed(&self) -> Result<[u8; 32], StoreError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.io("read")(e.to_string()))?;
+        let meta = tx
+            .open_table(META)
+            .map_err(|e| self.io("open meta")(e.to_string()))?;
+        let v = meta
+            .get("p2p_key")
+            .map_err(|e| self.io("get")(e.to_string()))?
+            .ok_or_else(|| self.damaged("meta", "no transport key"))?;
+        v.value()
+            .try_into()
+            .map_err(|_| self.damaged("meta", "transport key is not 32 bytes"))
     }
 
     /// This node's random 8-byte id, made when the database was created:

@@ -39,13 +39,25 @@ impl Drop for Nodes {
 }
 
 fn start(nodes: &mut Nodes, dir: &Path, peers: &[String]) -> Value {
+    start_on(nodes, dir, peers, "/ip4/127.0.0.1/tcp/0")
+}
+
+/// A free loopback port, to restart a node where its peers expect it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_on(nodes: &mut Nodes, dir: &Path, peers: &[String], listen: &str) -> Value {
     let mut args = vec![
         "node".to_string(),
         "run".into(),
         "--data-dir".into(),
         dir.display().to_string(),
         "--listen".into(),
-        "/ip4/127.0.0.1/tcp/0".into(),
+        listen.into(),
         "--no-mdns".into(),
         "--sync-interval".into(),
         "1".into(),
@@ -54,10 +66,17 @@ fn start(nodes: &mut Nodes, dir: &Path, peers: &[String]) -> Value {
         args.push("--peer".into());
         args.push(p.clone());
     }
+    // The node's log stays beside its data, for reading after a failure.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .expect("log file");
     let child = meshpay()
         .args(&args)
+        .env("RUST_LOG", "meshpay_node=debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("node starts");
     nodes.0.push(child);
@@ -79,6 +98,11 @@ fn start(nodes: &mut Nodes, dir: &Path, peers: &[String]) -> Value {
         assert!(Instant::now() < deadline, "node in {d} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn stop(nodes: &mut Nodes, index: usize) {
+    let _ = nodes.0[index].kill();
+    let _ = nodes.0[index].wait();
 }
 
 fn addr_of(status: &Value) -> String {
@@ -213,4 +237,100 @@ fn bad_input_gets_clear_errors() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn a_double_spend_across_a_partition_is_caught_when_it_heals() {
+    // MESHPAY_KEEP_LOGS=1 keeps the nodes' data and logs for a post-mortem.
+    let root = tempfile::tempdir().expect("dir");
+    let (root_path, _cleanup) = if std::env::var_os("MESHPAY_KEEP_LOGS").is_some() {
+        let p = root.keep();
+        eprintln!("nodes' data and logs kept under {}", p.display());
+        (p, None)
+    } else {
+        (root.path().to_path_buf(), Some(root))
+    };
+    let issuer_key = root_path.as_path().join("issuer.key");
+    let issuer = run(&["issuer", "new", "--out", &issuer_key.display().to_string()]);
+    let issuer = issuer.trim();
+    let names = ["alice", "bob", "carol", "dave", "mallory"];
+    let dirs: Vec<PathBuf> = names.iter().map(|n| root_path.as_path().join(n)).collect();
+    let ds: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    for d in &ds {
+        run(&["init", "--data-dir", d, "--issuer", issuer, "--no-mdns"]);
+    }
+    // Mallory is a clone of alice's phone: the same wallet key, its own
+    // database (restored before alice's first payment).
+    std::fs::remove_file(dirs[4].join("wallet.key")).expect("rm");
+    std::fs::copy(dirs[0].join("wallet.key"), dirs[4].join("wallet.key")).expect("copy key");
+
+    let mut nodes = Nodes(Vec::new());
+    // Two halves: {alice, bob} and {carol, dave, mallory}.
+    let bob_listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let bob = start_on(&mut nodes, &dirs[1], &[], &bob_listen); // index 0
+    let alice = start(&mut nodes, &dirs[0], &[addr_of(&bob)]); // 1
+    let carol = start(&mut nodes, &dirs[2], &[]); // 2
+    let dave = start(&mut nodes, &dirs[3], &[addr_of(&carol)]); // 3
+    start(&mut nodes, &dirs[4], &[addr_of(&carol), addr_of(&dave)]); // 4
+    let allowance = run(&[
+        "issuer",
+        "allowance",
+        "--key",
+        &issuer_key.display().to_string(),
+        "--wallet",
+        alice["wallet"].as_str().expect("wallet"),
+        "--amount",
+        "100.00",
+    ]);
+    run(&["allowance", "add", "--data-dir", &ds[0], allowance.trim()]);
+    run(&["allowance", "add", "--data-dir", &ds[4], allowance.trim()]);
+
+    // The same money, spent on both sides.
+    let token = run(&["request", "--data-dir", &ds[1], "40.00"]);
+    let paid = json(&["pay", "--json", "--data-dir", &ds[0], token.trim()]);
+    assert!(paid.get("Paid").is_some(), "alice at bob: {paid}");
+    let token = run(&["request", "--data-dir", &ds[2], "40.00"]);
+    let paid = json(&["pay", "--json", "--data-dir", &ds[4], token.trim()]);
+    assert!(paid.get("Paid").is_some(), "mallory at carol: {paid}");
+    for d in &ds {
+        let l = json(&["ledger", "export", "--data-dir", d]);
+        assert_eq!(
+            l["conflicted"].as_array().map(Vec::len),
+            Some(0),
+            "{d}: {l}"
+        );
+    }
+
+    // The partition heals: bob restarts, where alice expects him, with
+    // carol as a peer.
+    stop(&mut nodes, 0);
+    start_on(&mut nodes, &dirs[1], &[addr_of(&carol)], &bob_listen);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught = ds.iter().all(|d| {
+            json(&["ledger", "export", "--data-dir", d])["conflicted"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+        });
+        if caught {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proof did not reach every node"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The culprit's next payment is refused by every payee, each tried
+    // by a device of the culprit's in its reach.
+    for (payer, payee) in [(0, 1), (4, 2), (4, 3)] {
+        let token = run(&["request", "--data-dir", &ds[payee], "1.00"]);
+        let r = json(&["pay", "--json", "--data-dir", &ds[payer], token.trim()]);
+        assert_eq!(
+            r["Refused"], "no-known-conflict",
+            "{} paying {}: {r}",
+            names[payer], names[payee]
+        );
+    }
 }
