@@ -334,3 +334,189 @@ fn a_double_spend_across_a_partition_is_caught_when_it_heals() {
         );
     }
 }
+
+/// Runs `meshpay` and returns its JSON answer, or `None` if it failed (a
+/// node killed mid-call).
+fn try_json(args: &[&str]) -> Option<Value> {
+    let out = meshpay().args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn try_run(args: &[&str]) -> Option<String> {
+    let out = meshpay().args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing_and_reuses_no_sequence_number() {
+    use meshpay_node::store::{Role, Store};
+    use meshpay_proto::prelude::*;
+
+    let root = tempfile::tempdir().expect("dir");
+    let issuer_key = root.path().join("issuer.key");
+    let issuer = run(&["issuer", "new", "--out", &issuer_key.display().to_string()]);
+    let (payer_dir, payee_dir) = (root.path().join("payer"), root.path().join("payee"));
+    let (pd, qd) = (
+        payer_dir.display().to_string(),
+        payee_dir.display().to_string(),
+    );
+    for d in [&pd, &qd] {
+        run(&[
+            "init",
+            "--data-dir",
+            d,
+            "--issuer",
+            issuer.trim(),
+            "--no-mdns",
+        ]);
+    }
+    let payee_listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut nodes = Nodes(Vec::new());
+    let payee = start_on(&mut nodes, &payee_dir, &[], &payee_listen); // 0
+    let payee_addr = addr_of(&payee);
+    let payer = start(&mut nodes, &payer_dir, std::slice::from_ref(&payee_addr)); // 1
+    let allowance = run(&[
+        "issuer",
+        "allowance",
+        "--key",
+        &issuer_key.display().to_string(),
+        "--wallet",
+        payer["wallet"].as_str().expect("wallet"),
+        "--amount",
+        "10000.00",
+        "--max-payments",
+        "1000",
+    ]);
+    run(&["allowance", "add", "--data-dir", &pd, allowance.trim()]);
+
+    // A small deterministic generator for the kill schedule.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut paid, mut kills) = (0, 0);
+    for _ in 0..220 {
+        let Some(token) = try_run(&["request", "--data-dir", &qd, "1.00"]) else {
+            continue;
+        };
+        // Every ~10th payment, kill -9 the payer or the payee at a random
+        // moment while the payment runs.
+        let victim = (next() % 10 == 0).then(|| (next() % 2) as usize);
+        let killer = victim.map(|v| {
+            let pid = nodes.0[v].id();
+            let delay = Duration::from_micros(next() % 10_000);
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            })
+        });
+        if try_json(&["pay", "--json", "--data-dir", &pd, token.trim()])
+            .is_some_and(|r| r.get("Paid").is_some())
+        {
+            paid += 1;
+        }
+        if let (Some(v), Some(k)) = (victim, killer) {
+            k.join().expect("killer");
+            let _ = nodes.0[v].wait();
+            kills += 1;
+            // Restart it; the payee where the payer expects it.
+            let _ = std::fs::remove_file(
+                if v == 0 { &payee_dir } else { &payer_dir }.join("control.addr"),
+            );
+            let restarted = if v == 0 {
+                spawn_on(&payee_dir, &[], &payee_listen)
+            } else {
+                spawn_on(
+                    &payer_dir,
+                    std::slice::from_ref(&payee_addr),
+                    "/ip4/127.0.0.1/tcp/0",
+                )
+            };
+            nodes.0[v] = restarted;
+            wait_ready(if v == 0 { &payee_dir } else { &payer_dir });
+        }
+    }
+    eprintln!("{paid} payments, {kills} kill -9s");
+    assert!(kills >= 10, "only {kills} kills");
+    assert!(paid >= 100, "only {paid} payments went through");
+    for n in &mut nodes.0 {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
+
+    // Both databases open, and nothing the protocol promised is lost.
+    let payer_store = Store::open(&payer_dir.join("node.redb")).expect("payer database opens");
+    let payee_store = Store::open(&payee_dir.join("node.redb")).expect("payee database opens");
+    let payer_receipts = payer_store.receipts().expect("payer receipts");
+    let payee_receipts = payee_store.receipts().expect("payee receipts");
+    // Every acknowledgement the payer holds, the payee stored first.
+    for (r, _) in &payer_receipts {
+        assert!(
+            payee_receipts.iter().any(|(p, _)| p == r),
+            "acknowledged receipt lost"
+        );
+    }
+    // No sequence number signed twice with different bodies.
+    let mut by_seq: std::collections::BTreeMap<u32, TransferId> = Default::default();
+    for (r, _) in payer_receipts.iter().chain(&payee_receipts) {
+        let seq = r.transfer.header().seq;
+        let id = r.transfer.id();
+        assert_eq!(
+            *by_seq.entry(seq).or_insert(id),
+            id,
+            "sequence {seq} used twice"
+        );
+    }
+    // The payer's counter covers everything it ever signed.
+    let allowance_id = payee_receipts[0].0.transfer.header().allowance;
+    let (spend, _) = payer_store.spend(&allowance_id).expect("spend");
+    let max_seq = by_seq.keys().max().copied().unwrap_or(0);
+    assert!(spend.next_seq > max_seq);
+    let received: u64 = payee_receipts
+        .iter()
+        .filter(|(_, role)| *role == Role::Received)
+        .map(|(r, _)| r.transfer.header().amount)
+        .sum();
+    assert!(spend.cumulative >= received);
+}
+
+fn spawn_on(dir: &Path, peers: &[String], listen: &str) -> Child {
+    let mut args = vec![
+        "node".to_string(),
+        "run".into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--listen".into(),
+        listen.into(),
+        "--no-mdns".into(),
+        "--sync-interval".into(),
+        "1".into(),
+    ];
+    for p in peers {
+        args.push("--peer".into());
+        args.push(p.clone());
+    }
+    meshpay()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node starts")
+}
+
+fn wait_ready(dir: &Path) {
+    let d = dir.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while try_json(&["status", "--json", "--data-dir", &d]).is_none() {
+        assert!(Instant::now() < deadline, "node in {d} did not restart");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
