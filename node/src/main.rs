@@ -223,7 +223,17 @@ fn main() -> ExitCode {
         }
         Command::Pay { dir, token, json } => {
             control_call(&dir, "POST", "/v1/pay", Some(&json!({ "token": token }))).map(|v| {
-                print_out(json, &v, |v| format!("{v}\n"));
+                print_out(json, &v, |v| {
+                    if let Some(id) = v["Paid"].as_str() {
+                        format!("paid: transfer {id}\n")
+                    } else if let Some(rule) = v["Refused"].as_str() {
+                        format!("refused by the payee: rule {rule}\n")
+                    } else if let Some(why) = v["PayerRefused"].as_str() {
+                        format!("not paid (refused before signing): {why}\n")
+                    } else {
+                        "no answer from the payee: the amount stays counted as spent\n".into()
+                    }
+                })
             })
         }
         Command::Status { dir, json } => control_call(&dir, "GET", "/v1/status", None).map(|v| {
