@@ -24,14 +24,23 @@ use crate::node::{Node, NodeError};
 pub const PROTOCOL: &str = "/meshpay/1";
 /// Largest request or response accepted from a peer.
 pub const MAX_WIRE_MESSAGE: usize = 32 << 20;
-/// Most request rounds one sync session may take.
-const MAX_SYNC_ROUNDS: u32 = 256;
+/// Most request rounds this node spends on one sync session it started;
+/// below the responder's cap (`SyncConfig::max_rounds`), so an honest
+/// session between busy nodes ends here and starts afresh at the next
+/// tick instead of tripping the peer's hostile-peer cap.
+const MAX_SYNC_ROUNDS: u32 = 24;
 
 /// What one peer asks another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MeshRequest {
-    /// Sync-session frames from the initiator.
-    Sync(Vec<Vec<u8>>),
+    /// Sync-session frames from the initiator; `first` opens a new session
+    /// (the responder drops any older one with this peer).
+    Sync {
+        /// Whether this request opens the session.
+        first: bool,
+        /// Frames.
+        frames: Vec<Vec<u8>>,
+    },
     /// An encoded [`PaymentMessage`] (a transfer, payer to payee).
     Payment(Vec<u8>),
 }
@@ -303,6 +312,7 @@ enum Command {
         reply: oneshot::Sender<Result<(), MeshError>>,
     },
     SyncNow,
+    Dial(Multiaddr),
     Stop,
 }
 
@@ -375,6 +385,14 @@ impl MeshHandle {
             reply,
         })
         .await?
+    }
+
+    /// Dials a peer (and remembers its address).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::Dial(addr))
+            .await
+            .map_err(|_| MeshError::Stopped)
     }
 
     /// Starts a sync with every connected peer now.
@@ -520,7 +538,12 @@ impl Mesh {
 
     /// Runs until stopped. Returns the node.
     pub async fn run(mut self) -> Node {
-        let mut tick = tokio::time::interval(self.config.sync_interval);
+        // The first tick one interval from now: connecting and the first
+        // sync happen on their own at start.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.sync_interval,
+            self.config.sync_interval,
+        );
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm(event),
@@ -532,9 +555,11 @@ impl Mesh {
                     self.redial();
                     self.sync_all();
                     self.expire_waiting();
+                    self.save_ledger();
                 }
             }
         }
+        self.save_ledger();
         self.node
     }
 
@@ -592,6 +617,14 @@ impl Mesh {
                 self.sync_all();
             }
             Command::SyncNow => self.sync_all(),
+            Command::Dial(addr) => {
+                if let Some(peer) = peer_of(&addr) {
+                    self.swarm.add_peer_address(peer, addr.clone());
+                }
+                if let Err(e) = self.swarm.dial(addr) {
+                    tracing::debug!(error = %e, "dial failed");
+                }
+            }
             Command::Stop => {}
         }
     }
@@ -798,9 +831,28 @@ impl Mesh {
         channel: ResponseChannel<MeshResponse>,
     ) {
         let response = match request {
-            MeshRequest::Sync(frames) => self.answer_sync(peer, &frames),
+            MeshRequest::Sync { first, frames } => {
+                if first {
+                    self.answering.remove(&peer);
+                } else if !self.answering.contains_key(&peer) {
+                    // This side already agreed and closed the session; the
+                    // initiator's late frames change nothing.
+                    return self.respond(
+                        channel,
+                        MeshResponse::Sync {
+                            frames: Vec::new(),
+                            finished: true,
+                        },
+                    );
+                }
+                self.answer_sync(peer, &frames)
+            }
             MeshRequest::Payment(bytes) => self.answer_payment(&bytes),
         };
+        self.respond(channel, response);
+    }
+
+    fn respond(&mut self, channel: ResponseChannel<MeshResponse>, response: MeshResponse) {
         let _ = self
             .swarm
             .behaviour_mut()
@@ -820,9 +872,8 @@ impl Mesh {
         });
         for f in frames {
             if let Err(e) = session.handle_frame(self.node.ledger_mut(), f, now) {
-                tracing::warn!(%peer, error = %e, "sync refused; dropping the peer");
                 self.answering.remove(&peer);
-                let _ = self.swarm.disconnect_peer_id(peer);
+                self.on_sync_error(peer, &e);
                 return MeshResponse::Refused(e.to_string());
             }
         }
@@ -929,8 +980,7 @@ impl Mesh {
         };
         for f in &frames {
             if let Err(e) = out.session.handle_frame(self.node.ledger_mut(), f, now) {
-                tracing::warn!(%peer, error = %e, "sync refused; dropping the peer");
-                let _ = self.swarm.disconnect_peer_id(peer);
+                self.on_sync_error(peer, &e);
                 return;
             }
         }
@@ -940,14 +990,33 @@ impl Mesh {
         }
         out.rounds += 1;
         if out.rounds > MAX_SYNC_ROUNDS {
-            tracing::warn!(%peer, "sync did not converge; giving up");
+            tracing::debug!(%peer, "sync did not converge in this session; the next tick starts afresh");
             return;
         }
         self.send_sync_round(peer, out);
     }
 
+    /// A session ended in error: a peer that sent bad data is dropped; one
+    /// that only hit a cap (rounds, bytes, time) just ends this session.
+    fn on_sync_error(&mut self, peer: PeerId, e: &meshpay_proto::sync::SyncError) {
+        use meshpay_proto::sync::SyncError as E;
+        match e {
+            E::TooManyRounds(_) | E::TooManyBytes(_) | E::TimedOut(_) | E::Stalled(_) => {
+                tracing::debug!(%peer, error = %e, "sync session ended at a cap");
+            }
+            _ => {
+                tracing::warn!(%peer, error = %e, "sync refused; dropping the peer");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+    }
+
     fn finish_sync(&mut self) {
         self.syncs_completed += 1;
+        self.save_ledger();
+    }
+
+    fn save_ledger(&mut self) {
         if let Err(e) = self.node.persist_ledger() {
             tracing::error!(error = %e, "could not persist the ledger");
         }
@@ -971,11 +1040,11 @@ impl Mesh {
         while let Some(f) = out.session.poll_transmit() {
             frames.push(f);
         }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rr
-            .send_request(&peer, MeshRequest::Sync(frames));
+        let request = MeshRequest::Sync {
+            first: out.rounds == 0,
+            frames,
+        };
+        let id = self.swarm.behaviour_mut().rr.send_request(&peer, request);
         self.sync_requests.insert(id, peer);
         self.initiated.insert(peer, out);
     }

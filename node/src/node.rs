@@ -68,12 +68,24 @@ impl Node {
         let actor = store.node_id()?;
         let stored = store.ledger()?;
         let ledger_in_store = stored.is_some();
-        let ledger = match stored {
+        let mut ledger = match stored {
             Some((bytes, epoch)) => {
                 PartialLedger::load(&bytes, epoch, &actor, trust).map_err(NodeError::LedgerLoad)?
             }
             None => PartialLedger::new(&actor, trust),
         };
+        // Headers of receipts committed after the last ledger save.
+        let allowances = store.allowances()?;
+        for (receipt, _) in store.receipts()? {
+            let header = receipt.transfer.signed_header();
+            if let Some(a) = allowances.iter().find(|a| a.id == header.allowance) {
+                let _ = ledger.insert(Entry::Allowance(a.clone()));
+            }
+            // A received receipt whose allowance the ledger lost with an
+            // unsaved tail cannot be checked here; the payer's node will
+            // sync it again.
+            let _ = ledger.insert(Entry::Header(header));
+        }
         Ok(Node {
             name: name.to_string(),
             key,
@@ -248,11 +260,12 @@ impl Node {
         Ok(refused)
     }
 
-    /// Puts a header this node was party to into the ledger.
+    /// Puts a header this node was party to into the ledger. The ledger is
+    /// saved later (after syncs and on a timer): the receipt, committed
+    /// before this, is the durable record, and [`Node::open`] puts the
+    /// headers of stored receipts back into the ledger.
     fn learn_header(&mut self, header: SignedHeader) -> Result<Inserted, NodeError> {
-        let r = self.ledger.insert(Entry::Header(header))?;
-        self.persist_ledger()?;
-        Ok(r)
+        Ok(self.ledger.insert(Entry::Header(header))?)
     }
 
     /// Appends what changed in the ledger to the store.

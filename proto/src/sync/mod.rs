@@ -243,6 +243,13 @@ impl<R: Replica> SyncSession<R> {
         self.finished && self.outgoing.is_empty()
     }
 
+    /// Whether both sides have said they agree, even if this side's last
+    /// `Done` is still queued (a transport whose peer already reported
+    /// agreement need not send it).
+    pub fn is_agreed(&self) -> bool {
+        self.finished
+    }
+
     /// Whether the session ended with an error.
     pub fn is_failed(&self) -> bool {
         self.failed
