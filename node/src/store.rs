@@ -149,9 +149,8 @@ impl Store {
         &self.path
     }
 
-    /// The seed of this node's transport (libp2p) key, made when the
-    /// database was created.
-    pub fn p2p_seed(&self) -> Result<[u8; 32], StoreError> {
+    /// A fixed-size value of the meta table; `what` names it in errors.
+    fn meta_array<const N: usize>(&self, key: &str, what: &str) -> Result<[u8; N], StoreError> {
         let tx = self
             .db
             .begin_read()
@@ -160,32 +159,25 @@ impl Store {
             .open_table(META)
             .map_err(|e| self.io("open meta")(e.to_string()))?;
         let v = meta
-            .get("p2p_key")
+            .get(key)
             .map_err(|e| self.io("get")(e.to_string()))?
-            .ok_or_else(|| self.damaged("meta", "no transport key"))?;
+            .ok_or_else(|| self.damaged("meta", format!("no {what}")))?;
         v.value()
             .try_into()
-            .map_err(|_| self.damaged("meta", "transport key is not 32 bytes"))
+            .map_err(|_| self.damaged("meta", format!("{what} is not {N} bytes")))
+    }
+
+    /// The seed of this node's transport (libp2p) key, made when the
+    /// database was created.
+    pub fn p2p_seed(&self) -> Result<[u8; 32], StoreError> {
+        self.meta_array("p2p_key", "transport key")
     }
 
     /// This node's random 8-byte id, made when the database was created:
     /// its ledger actor (a copied wallet key on another device still
     /// writes under its own id).
     pub fn node_id(&self) -> Result<[u8; 8], StoreError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| self.io("read")(e.to_string()))?;
-        let meta = tx
-            .open_table(META)
-            .map_err(|e| self.io("open meta")(e.to_string()))?;
-        let v = meta
-            .get("node_id")
-            .map_err(|e| self.io("get")(e.to_string()))?
-            .ok_or_else(|| self.damaged("meta", "no node id"))?;
-        v.value()
-            .try_into()
-            .map_err(|_| self.damaged("meta", "node id is not 8 bytes"))
+        self.meta_array("node_id", "node id")
     }
 
     fn io(&self, what: &'static str) -> impl Fn(String) -> StoreError + '_ {

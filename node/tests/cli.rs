@@ -51,35 +51,7 @@ fn free_port() -> u16 {
 }
 
 fn start_on(nodes: &mut Nodes, dir: &Path, peers: &[String], listen: &str) -> Value {
-    let mut args = vec![
-        "node".to_string(),
-        "run".into(),
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "--listen".into(),
-        listen.into(),
-        "--no-mdns".into(),
-        "--sync-interval".into(),
-        "1".into(),
-    ];
-    for p in peers {
-        args.push("--peer".into());
-        args.push(p.clone());
-    }
-    // The node's log stays beside its data, for reading after a failure.
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("node.log"))
-        .expect("log file");
-    let child = meshpay()
-        .args(&args)
-        .env("RUST_LOG", "meshpay_node=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("node starts");
-    nodes.0.push(child);
+    nodes.0.push(spawn_on(dir, peers, listen));
     let d = dir.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -504,10 +476,17 @@ fn spawn_on(dir: &Path, peers: &[String], listen: &str) -> Child {
         args.push("--peer".into());
         args.push(p.clone());
     }
+    // The node's log stays beside its data, for reading after a failure.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .expect("log file");
     meshpay()
         .args(&args)
+        .env("RUST_LOG", "meshpay_node=debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("node starts")
 }

@@ -1,0 +1,260 @@
+//! How callers drive a running mesh node: its configuration, the
+//! handle, and the values it reports.
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use meshpay_proto::prelude::*;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::node::NodeError;
+
+/// How a mesh node runs.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// Addresses to listen on (`/ip4/127.0.0.1/tcp/0` picks a port).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (with `/p2p/<peer id>` or without).
+    pub peers: Vec<Multiaddr>,
+    /// Discover peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Sync with every connected peer this often.
+    pub sync_interval: Duration,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            listen: Vec::new(),
+            peers: Vec::new(),
+            mdns: true,
+            sync_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the mesh failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// libp2p could not be set up (a bad address, a port in use).
+    #[error("network: {0}")]
+    Network(String),
+    /// The mesh task is gone.
+    #[error("the mesh has stopped")]
+    Stopped,
+    /// A payment could not reach the payee.
+    #[error("payment to {peer} failed: {reason}")]
+    Unreachable {
+        /// The payee's peer id.
+        peer: PeerId,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A node's state as the control API reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// This node's libp2p peer id.
+    pub peer_id: String,
+    /// Where it listens.
+    pub listening: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<String>,
+    /// The wallet key (hex).
+    pub wallet: String,
+    /// Ledger entries held.
+    pub ledger_entries: usize,
+    /// Ledger digest (hex).
+    pub ledger_digest: String,
+    /// Conflict proofs held.
+    pub proofs: usize,
+    /// Sync sessions completed.
+    pub syncs_completed: u64,
+}
+
+/// One receipt this node is party to.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// The transfer id (hex).
+    pub transfer: String,
+    /// "paid" or "received".
+    pub role: &'static str,
+    /// Amount in minor units.
+    pub amount: u64,
+    /// The allowance (hex) and sequence number.
+    pub allowance: String,
+    /// Sequence number.
+    pub seq: u32,
+    /// The payee's wallet key (hex).
+    pub payee: String,
+}
+
+/// The partial ledger, as `ledger export` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerExport {
+    /// Epoch.
+    pub epoch: u64,
+    /// Digest (hex).
+    pub digest: String,
+    /// Every transfer header.
+    pub headers: Vec<ExportedHeader>,
+    /// Allowances with a conflict proof against them (hex ids).
+    pub conflicted: Vec<String>,
+}
+
+/// One header in an export.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportedHeader {
+    /// Allowance id (hex).
+    pub allowance: String,
+    /// Sequence number.
+    pub seq: u32,
+    /// Cumulative amount.
+    pub cumulative: u64,
+    /// Amount.
+    pub amount: u64,
+    /// Transfer id (hex).
+    pub transfer: String,
+}
+
+/// How a payment over the mesh ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum MeshPayment {
+    /// Paid: the transfer id (hex).
+    Paid(String),
+    /// The payee refused: the rule's name.
+    Refused(String),
+    /// The payer refused before signing: why.
+    PayerRefused(String),
+    /// No acknowledgement; the sequence number stays used.
+    Uncertain,
+}
+
+pub(super) enum Command {
+    Request {
+        amount: u64,
+        currency: Currency,
+        memo: Option<String>,
+        reply: oneshot::Sender<Result<Invoice, MeshError>>,
+    },
+    Pay {
+        invoice: Invoice,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<MeshPayment, MeshError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    History {
+        reply: oneshot::Sender<Result<Vec<HistoryEntry>, MeshError>>,
+    },
+    Ledger {
+        reply: oneshot::Sender<LedgerExport>,
+    },
+    AddAllowance {
+        allowance: Box<Allowance>,
+        reply: oneshot::Sender<Result<(), MeshError>>,
+    },
+    SyncNow,
+    Dial(Multiaddr),
+    Stop,
+}
+
+/// Drives a running mesh node.
+#[derive(Clone)]
+pub struct MeshHandle {
+    pub(super) tx: mpsc::Sender<Command>,
+    /// The node's peer id.
+    pub peer_id: PeerId,
+}
+
+impl MeshHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MeshError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Opens an invoice on this node (it is the payee).
+    pub async fn request(
+        &self,
+        amount: u64,
+        currency: Currency,
+        memo: Option<String>,
+    ) -> Result<Invoice, MeshError> {
+        self.call(|reply| Command::Request {
+            amount,
+            currency,
+            memo,
+            reply,
+        })
+        .await?
+    }
+
+    /// Pays `invoice` to the payee node `peer` (this node is the payer).
+    pub async fn pay(&self, invoice: Invoice, peer: PeerId) -> Result<MeshPayment, MeshError> {
+        self.call(|reply| Command::Pay {
+            invoice,
+            peer,
+            reply,
+        })
+        .await?
+    }
+
+    /// The node's state.
+    pub async fn status(&self) -> Result<Status, MeshError> {
+        self.call(|reply| Command::Status { reply }).await
+    }
+
+    /// Receipts this node is party to.
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>, MeshError> {
+        self.call(|reply| Command::History { reply }).await?
+    }
+
+    /// The partial ledger.
+    pub async fn ledger(&self) -> Result<LedgerExport, MeshError> {
+        self.call(|reply| Command::Ledger { reply }).await
+    }
+
+    /// Takes an allowance loaded online for this node's wallet.
+    pub async fn add_allowance(&self, allowance: Allowance) -> Result<(), MeshError> {
+        self.call(|reply| Command::AddAllowance {
+            allowance: Box::new(allowance),
+            reply,
+        })
+        .await?
+    }
+
+    /// Dials a peer (and remembers its address).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::Dial(addr))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Starts a sync with every connected peer now.
+    pub async fn sync_now(&self) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::SyncNow)
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Stops the mesh task.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+}
