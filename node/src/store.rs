@@ -23,6 +23,8 @@ const SPENDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("spends")
 const RECEIPTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("receipts");
 /// The partial ledger: a full save at 0, incremental saves after it.
 const LEDGER: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("ledger");
+/// What sync sessions remembered about each peer, by transport peer id.
+const PEERS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("peers");
 
 /// Why the store failed. Each names the database file.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,7 @@ impl Store {
                 tx.open_table(SPENDS)?;
                 tx.open_table(RECEIPTS)?;
                 tx.open_table(LEDGER)?;
+                tx.open_table(PEERS)?;
                 Ok(())
             })?,
         }
@@ -371,6 +374,29 @@ impl Store {
     /// Every receipt this node is party to.
     pub fn receipts(&self) -> Result<Vec<(Receipt, Role)>, StoreError> {
         self.all(RECEIPTS, "receipts", decode_receipt)
+    }
+
+    /// Remembers a peer's sync state for the ledger epoch it was made in.
+    pub fn put_peer_state(&self, peer: &[u8], epoch: u64, state: &[u8]) -> Result<(), StoreError> {
+        let mut record = epoch.to_le_bytes().to_vec();
+        record.extend_from_slice(state);
+        self.write(|tx| {
+            tx.open_table(PEERS)?.insert(peer, record.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// A peer's remembered sync state, if it was made in `epoch`.
+    pub fn peer_state(&self, peer: &[u8], epoch: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let found = self.read(PEERS, peer, "peers", |b| {
+            if b.len() < 8 {
+                return Err("peer state shorter than its epoch".into());
+            }
+            let (e, state) = b.split_at(8);
+            let e = u64::from_le_bytes(e.try_into().map_err(|_| "epoch".to_string())?);
+            Ok((e, state.to_vec()))
+        })?;
+        Ok(found.and_then(|(e, state)| (e == epoch).then_some(state)))
     }
 
     /// Replaces the stored ledger with a full save.

@@ -108,3 +108,20 @@ fn a_missing_directory_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn peer_sync_states_are_kept_per_epoch() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = Store::open(&dir.path().join("node.redb")).expect("create");
+    s.put_peer_state(b"peer-1", 3, b"state").expect("put");
+    assert_eq!(
+        s.peer_state(b"peer-1", 3).expect("get"),
+        Some(b"state".to_vec())
+    );
+    assert_eq!(
+        s.peer_state(b"peer-1", 4).expect("get"),
+        None,
+        "another epoch"
+    );
+    assert_eq!(s.peer_state(b"peer-2", 3).expect("get"), None);
+}

@@ -16,8 +16,12 @@ use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, tcp, yamux};
+use meshpay_proto::ledger::{AutomergeReplica, Replica};
 use meshpay_proto::prelude::*;
 use meshpay_proto::sync::{SyncConfig, SyncSession};
+
+/// What a sync session remembers about a peer.
+type PeerState = <AutomergeReplica as Replica>::PeerState;
 use tokio::sync::{mpsc, oneshot};
 
 use api::Command;
@@ -495,14 +499,15 @@ impl Mesh {
 
     fn answer_sync(&mut self, peer: PeerId, frames: &[Vec<u8>]) -> MeshResponse {
         let now = self.millis();
-        let session = self.answering.entry(peer).or_insert_with(|| {
-            SyncSession::new(
-                self.node.ledger(),
-                Default::default(),
-                SyncConfig::default(),
-                now,
-            )
-        });
+        if !self.answering.contains_key(&peer) {
+            let remembered = self.remembered(&peer);
+            let session =
+                SyncSession::new(self.node.ledger(), remembered, SyncConfig::default(), now);
+            self.answering.insert(peer, session);
+        }
+        let Some(session) = self.answering.get_mut(&peer) else {
+            return MeshResponse::Refused("no session".into());
+        };
         for f in frames {
             if let Err(e) = session.handle_frame(self.node.ledger_mut(), f, now) {
                 self.answering.remove(&peer);
@@ -515,8 +520,8 @@ impl Mesh {
             out.push(f);
         }
         let finished = session.is_finished();
-        if finished {
-            self.answering.remove(&peer);
+        if finished && let Some(done) = self.answering.remove(&peer) {
+            self.remember(&peer, done.into_peer_state());
             self.finish_sync();
         }
         MeshResponse::Sync {
@@ -617,7 +622,8 @@ impl Mesh {
                 return;
             }
         }
-        if out.session.is_finished() && finished {
+        if finished && out.session.is_agreed() {
+            self.remember(&peer, out.session.into_peer_state());
             self.finish_sync();
             return;
         }
@@ -644,6 +650,34 @@ impl Mesh {
         }
     }
 
+    /// What the last session with `peer` left, for this ledger epoch (a
+    /// fresh state otherwise, or if the stored one does not decode).
+    fn remembered(&self, peer: &PeerId) -> PeerState {
+        let epoch = self.node.ledger().epoch();
+        match self.node.store().peer_state(&peer.to_bytes(), epoch) {
+            Ok(Some(bytes)) => AutomergeReplica::decode_peer_state(&bytes).unwrap_or_default(),
+            Ok(None) => PeerState::default(),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "could not read the peer's sync state");
+                PeerState::default()
+            }
+        }
+    }
+
+    /// Keeps what a finished session learnt about `peer`, so the next
+    /// session reconciles only what changed since.
+    fn remember(&self, peer: &PeerId, state: PeerState) {
+        let bytes = AutomergeReplica::encode_peer_state(&state);
+        let epoch = self.node.ledger().epoch();
+        if let Err(e) = self
+            .node
+            .store()
+            .put_peer_state(&peer.to_bytes(), epoch, &bytes)
+        {
+            tracing::warn!(%peer, error = %e, "could not store the peer's sync state");
+        }
+    }
+
     fn finish_sync(&mut self) {
         self.syncs_completed += 1;
         self.save_ledger();
@@ -659,9 +693,10 @@ impl Mesh {
         if self.initiated.contains_key(&peer) {
             return;
         }
+        let remembered = self.remembered(&peer);
         let session = SyncSession::new(
             self.node.ledger(),
-            Default::default(),
+            remembered,
             SyncConfig::default(),
             self.millis(),
         );
