@@ -1,0 +1,132 @@
+//! A hostile peer on the mesh: garbage and truncated messages on
+//! `/meshpay/1` get refusals, never a panic, and change nothing.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, StreamProtocol, noise, tcp, yamux};
+use meshpay_node::mesh::{Mesh, MeshConfig, MeshRequest, MeshResponse, PROTOCOL, WireCodec};
+use meshpay_node::node::Node;
+use meshpay_proto::prelude::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_wire_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let trust = TrustStore::new(SecretKey::from_seed(&[1; 32]).public());
+    let node = Node::open(
+        "victim",
+        &dir.path().join("v.redb"),
+        SecretKey::from_seed(&[2; 32]),
+        trust,
+    )
+    .expect("node");
+    let config = MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        peers: vec![],
+        mdns: false,
+        sync_interval: Duration::from_secs(60),
+    };
+    let (victim, _task) = Mesh::spawn(node, config).expect("mesh");
+    let addr: Multiaddr = loop {
+        let s = victim.status().await.expect("status");
+        if let Some(a) = s.listening.first() {
+            break format!("{a}/p2p/{}", s.peer_id).parse().expect("addr");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let before = victim.status().await.expect("status");
+
+    let mut attacker = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::<WireCodec>::new(
+                [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .build();
+    attacker.add_peer_address(victim.peer_id, addr.clone());
+    attacker.dial(addr).expect("dial");
+
+    // A valid transfer to truncate.
+    let payer = SecretKey::from_seed(&[3; 32]);
+    let body = TransferBody {
+        payee: payer.public().into(),
+        nonce: Nonce([1; 16]),
+        payer_time: Timestamp(0),
+    };
+    let transfer = Transfer::sign(AllowanceId([1; 16]), 1, 100, 100, body, &payer);
+    let full = PaymentMessage::Transfer {
+        allowance: None,
+        transfer,
+    }
+    .encode();
+    let mut junk = vec![0u8; 300];
+    for (i, b) in junk.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+    }
+    let requests = vec![
+        MeshRequest::Payment(junk.clone()),
+        MeshRequest::Payment(full[..full.len() / 2].to_vec()),
+        MeshRequest::Payment(Vec::new()),
+        MeshRequest::Payment(
+            PaymentMessage::Invoice(Invoice {
+                payee: payer.public(),
+                amount: 1,
+                currency: Currency::new("EUR").expect("code"),
+                nonce: Nonce([0; 16]),
+                memo: None,
+                credential: None,
+            })
+            .encode(),
+        ),
+        // Last: a sync session with garbage frames, which gets us dropped.
+        MeshRequest::Sync {
+            first: true,
+            frames: vec![junk.clone(), vec![0x01], vec![]],
+        },
+    ];
+    let expected = requests.len();
+    let mut sent = false;
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while refused < expected {
+        let event = tokio::time::timeout_at(deadline, attacker.select_next_some())
+            .await
+            .expect("the victim answers every request");
+        match event {
+            SwarmEvent::ConnectionEstablished { .. } if !sent => {
+                sent = true;
+                for r in requests.clone() {
+                    attacker.behaviour_mut().send_request(&victim.peer_id, r);
+                }
+            }
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            }) => {
+                assert!(matches!(response, MeshResponse::Refused(_)), "{response:?}");
+                refused += 1;
+            }
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => {
+                // The victim hung up on the garbage sync before answering.
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    // The victim still runs, and holds nothing new.
+    let after = victim.status().await.expect("victim still answers");
+    assert_eq!(after.ledger_digest, before.ledger_digest);
+    assert_eq!(after.ledger_entries, 0);
+    victim.stop().await;
+}
