@@ -383,11 +383,14 @@ fn kill_9_at_random_moments_loses_nothing_and_reuses_no_sequence_number() {
         // moment while the payment runs.
         let victim = (next() % 10 == 0).then(|| (next() % 2) as usize);
         let killer = victim.map(|v| {
-            let pid = nodes.0[v].id();
+            // Child::kill sends SIGKILL: the process gets no chance to
+            // clean up, as with kill -9.
+            let mut child = nodes.0.remove(v);
             let delay = Duration::from_micros(next() % 10_000);
             std::thread::spawn(move || {
                 std::thread::sleep(delay);
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = child.kill();
+                let _ = child.wait();
             })
         });
         if try_json(&["pay", "--json", "--data-dir", &pd, token.trim()])
@@ -397,7 +400,6 @@ fn kill_9_at_random_moments_loses_nothing_and_reuses_no_sequence_number() {
         }
         if let (Some(v), Some(k)) = (victim, killer) {
             k.join().expect("killer");
-            let _ = nodes.0[v].wait();
             kills += 1;
             // Restart it; the payee where the payer expects it.
             let _ = std::fs::remove_file(
@@ -412,7 +414,7 @@ fn kill_9_at_random_moments_loses_nothing_and_reuses_no_sequence_number() {
                     "/ip4/127.0.0.1/tcp/0",
                 )
             };
-            nodes.0[v] = restarted;
+            nodes.0.insert(v, restarted);
             wait_ready(if v == 0 { &payee_dir } else { &payer_dir });
         }
     }
