@@ -142,3 +142,88 @@ async fn a_payment_over_loopback_and_the_ledger_reaching_a_third_node() {
     assert_eq!(a_node.receipts().expect("a receipts").len(), 1);
     assert_eq!(b_node.receipts().expect("b receipts").len(), 1);
 }
+
+/// A double spend caught at one payee reaches the other nodes by gossip,
+/// long before the next periodic sync (set to a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_caught_at_a_payee_is_gossiped_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let issuer = SecretKey::from_seed(&[1; 32]);
+    let trust = TrustStore::new(issuer.public());
+    let wallet = SecretKey::from_seed(&[2; 32]);
+    let a = allowance(&issuer, wallet.public());
+    let slow = Duration::from_secs(60);
+    let spawn = |name: &str, key: SecretKey, peers: Vec<Multiaddr>, with_allowance: bool| {
+        let mut node = Node::open(
+            name,
+            &dir.path().join(format!("{name}.redb")),
+            key,
+            trust.clone(),
+        )
+        .expect("node");
+        if with_allowance {
+            node.add_allowance(a.clone()).expect("allowance");
+        }
+        let config = MeshConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+            peers,
+            mdns: false,
+            sync_interval: slow,
+        };
+        Mesh::spawn(node, config).expect("mesh").0
+    };
+    async fn addr(h: &MeshHandle) -> Multiaddr {
+        loop {
+            let s = h.status().await.expect("status");
+            if let Some(a) = s.listening.first() {
+                return format!("{a}/p2p/{}", s.peer_id).parse().expect("addr");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let b = spawn("b", SecretKey::from_seed(&[3; 32]), vec![], false);
+    let b_addr = addr(&b).await;
+    let c = spawn(
+        "c",
+        SecretKey::from_seed(&[4; 32]),
+        vec![b_addr.clone()],
+        false,
+    );
+    let d = spawn(
+        "d",
+        SecretKey::from_seed(&[5; 32]),
+        vec![b_addr.clone()],
+        false,
+    );
+    let payer = spawn("payer", wallet.clone(), vec![b_addr.clone()], true);
+    let clone = spawn("clone", wallet, vec![b_addr], true);
+    for h in [&c, &d, &payer, &clone] {
+        addr(h).await;
+    }
+    // Let gossipsub learn its peers' subscriptions.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let eur = Currency::new("EUR").expect("code");
+    let inv = b.request(4_000, eur, None).await.expect("invoice");
+    assert!(matches!(
+        payer.pay(inv, b.peer_id).await.expect("pay"),
+        MeshPayment::Paid(_)
+    ));
+    // The clone spends sequence 1 again, at the same payee: caught there.
+    let inv = b.request(4_000, eur, None).await.expect("invoice");
+    let r = clone.pay(inv, b.peer_id).await.expect("pay");
+    assert!(matches!(r, MeshPayment::Refused(_)), "{r:?}");
+    let t = tokio::time::Instant::now();
+    loop {
+        let (sc, sd) = (c.status().await.expect("c"), d.status().await.expect("d"));
+        if sc.proofs > 0 && sd.proofs > 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "proof not gossiped: {sc:?} {sd:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(t.elapsed() < slow);
+}

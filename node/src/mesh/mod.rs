@@ -15,8 +15,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, tcp, yamux};
-use meshpay_proto::ledger::{AutomergeReplica, Replica};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, mdns, noise, tcp, yamux,
+};
+use meshpay_proto::ledger::{AutomergeReplica, Entry, Replica};
 use meshpay_proto::prelude::*;
 use meshpay_proto::sync::{SyncConfig, SyncSession};
 
@@ -44,6 +46,31 @@ struct Behaviour {
     rr: request_response::Behaviour<WireCodec>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Pushes conflict proofs and revocations to every peer as soon as
+    /// they are learnt, between syncs.
+    urgent: gossipsub::Behaviour,
+}
+
+/// The gossipsub topic of urgent entries.
+const URGENT_TOPIC: &str = "meshpay/urgent/1";
+
+/// gossipsub for meshes of two to a few dozen peers: publish to every
+/// known subscriber (flood), keep a mesh of even one peer, and check
+/// every message's signature.
+fn urgent_behaviour(key: &libp2p::identity::Keypair) -> Result<gossipsub::Behaviour, String> {
+    let config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(500))
+        .mesh_n_low(1)
+        .mesh_n(3)
+        .mesh_n_high(6)
+        .mesh_outbound_min(0)
+        .flood_publish(true)
+        .max_transmit_size(256 * 1024)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .build()
+        .map_err(|e| e.to_string())?;
+    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+        .map_err(str::to_string)
 }
 
 /// A sync session this node started, waiting for the peer's answer.
@@ -104,13 +131,14 @@ impl Mesh {
             )
             .map_err(|e| net(&e))?
             .with_behaviour(|key| {
+                let urgent = urgent_behaviour(key)?;
                 let mdns = if config.mdns {
                     mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())
                         .ok()
                 } else {
                     None
                 };
-                Behaviour {
+                Ok(Behaviour {
                     rr: request_response::Behaviour::new(
                         [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
                         request_response::Config::default()
@@ -121,11 +149,17 @@ impl Mesh {
                         key.public(),
                     )),
                     mdns: Toggle::from(mdns),
-                }
+                    urgent,
+                })
             })
             .map_err(|e| net(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
             .build();
+        swarm
+            .behaviour_mut()
+            .urgent
+            .subscribe(&gossipsub::IdentTopic::new(URGENT_TOPIC))
+            .map_err(|e| net(&e))?;
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| net(&e))?;
         }
@@ -405,6 +439,11 @@ impl Mesh {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rr(event)) => self.on_rr(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Urgent(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            })) => self.on_urgent(propagation_source, &message.data),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
@@ -521,8 +560,10 @@ impl Mesh {
         }
         let finished = session.is_finished();
         if finished && let Some(done) = self.answering.remove(&peer) {
+            let found = done.stats().new_proofs.clone();
             self.remember(&peer, done.into_peer_state());
             self.finish_sync();
+            self.publish_urgent(found);
         }
         MeshResponse::Sync {
             frames: out,
@@ -562,9 +603,19 @@ impl Mesh {
             let ctx = self.node.check_context(ctx_now);
             let _ = session.handle(message, &ctx);
         }
-        if let Err(e) = self.node.drive_payee(&mut session) {
-            tracing::error!(error = %e, "could not store a receipt; not acknowledging");
-            return MeshResponse::Refused("payee storage failed".into());
+        match self.node.drive_payee(&mut session) {
+            Ok(refused) => {
+                for e in refused {
+                    if let PaymentError::Conflict(proof) = e {
+                        tracing::warn!(allowance = %proof.allowance(), "double spend caught at payment");
+                        self.publish_urgent(vec![*proof]);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store a receipt; not acknowledging");
+                return MeshResponse::Refused("payee storage failed".into());
+            }
         }
         let mut answer = None;
         while let Some(m) = session.poll_transmit() {
@@ -623,8 +674,10 @@ impl Mesh {
             }
         }
         if finished && out.session.is_agreed() {
+            let found = out.session.stats().new_proofs.clone();
             self.remember(&peer, out.session.into_peer_state());
             self.finish_sync();
+            self.publish_urgent(found);
             return;
         }
         out.rounds += 1;
@@ -675,6 +728,68 @@ impl Mesh {
             .put_peer_state(&peer.to_bytes(), epoch, &bytes)
         {
             tracing::warn!(%peer, error = %e, "could not store the peer's sync state");
+        }
+    }
+
+    /// Publishes proofs (with the allowances that check them) and the newest
+    /// revocation list to every peer now. With no subscriber known yet the
+    /// next sync carries them (they go first in every session).
+    fn publish_urgent(&mut self, proofs: Vec<ConflictProof>) {
+        use meshpay_proto::validate::MeshView;
+        let ledger = self.node.ledger();
+        let proofs: Vec<(Allowance, ConflictProof)> = proofs
+            .into_iter()
+            .filter_map(|p| Some((ledger.allowance(&p.allowance())?.into_inner(), p)))
+            .collect();
+        if proofs.is_empty() {
+            return;
+        }
+        let message = meshpay_proto::sync::SyncMessage::Urgent {
+            proofs,
+            revocations: ledger.revocations().cloned(),
+        };
+        let topic = gossipsub::IdentTopic::new(URGENT_TOPIC);
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .urgent
+            .publish(topic, message.encode())
+        {
+            tracing::debug!(error = %e, "urgent entries not published; the next sync carries them");
+        }
+    }
+
+    /// Takes urgent entries a peer pushed: all are checked before any is
+    /// added; anything new is saved.
+    fn on_urgent(&mut self, from: PeerId, data: &[u8]) {
+        use meshpay_proto::ledger::Inserted;
+        use meshpay_proto::sync::SyncMessage;
+        let entries = match SyncMessage::decode(data) {
+            Ok(SyncMessage::Urgent {
+                proofs,
+                revocations,
+            }) => {
+                let mut entries = Vec::new();
+                for (a, p) in proofs {
+                    entries.push(Entry::Allowance(a));
+                    entries.push(Entry::Proof(p));
+                }
+                entries.extend(revocations.map(Entry::Revocations));
+                entries
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(peer = %from, "malformed urgent message");
+                return;
+            }
+        };
+        match self.node.ledger_mut().insert_all(entries) {
+            Ok(results) => {
+                if results.iter().any(|(_, r)| *r == Inserted::New) {
+                    tracing::info!(peer = %from, "urgent entries received");
+                    self.save_ledger();
+                }
+            }
+            Err(e) => tracing::warn!(peer = %from, error = %e, "urgent entries refused"),
         }
     }
 
