@@ -91,17 +91,21 @@ struct AllowanceBody {
     allowance: String,
 }
 
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// The JSON body, or a 400 naming what is wrong with it.
+fn parse_body<T>(b: Body<T>) -> Result<T, Reply> {
+    b.map(|Json(t)| t).map_err(|e| bad(e.body_text()))
+}
+
 async fn status(State(h): State<MeshHandle>) -> Reply {
     h.status().await.map_or_else(failed, ok)
 }
 
-async fn request(
-    State(h): State<MeshHandle>,
-    body: Result<Json<RequestBody>, axum::extract::rejection::JsonRejection>,
-) -> Reply {
-    let Json(body) = match body {
+async fn request(State(h): State<MeshHandle>, body: Body<RequestBody>) -> Reply {
+    let body = match parse_body(body) {
         Ok(b) => b,
-        Err(e) => return bad(e.body_text()),
+        Err(reply) => return reply,
     };
     if body.amount == 0 {
         return bad("amount must be positive");
@@ -126,13 +130,10 @@ async fn request(
     }
 }
 
-async fn pay(
-    State(h): State<MeshHandle>,
-    body: Result<Json<PayBody>, axum::extract::rejection::JsonRejection>,
-) -> Reply {
-    let Json(body) = match body {
+async fn pay(State(h): State<MeshHandle>, body: Body<PayBody>) -> Reply {
+    let body = match parse_body(body) {
         Ok(b) => b,
-        Err(e) => return bad(e.body_text()),
+        Err(reply) => return reply,
     };
     let (peer, invoice) = match parse_token(&body.token) {
         Ok(t) => t,
@@ -149,13 +150,10 @@ async fn ledger(State(h): State<MeshHandle>) -> Reply {
     h.ledger().await.map_or_else(failed, ok)
 }
 
-async fn allowances(
-    State(h): State<MeshHandle>,
-    body: Result<Json<AllowanceBody>, axum::extract::rejection::JsonRejection>,
-) -> Reply {
-    let Json(body) = match body {
+async fn allowances(State(h): State<MeshHandle>, body: Body<AllowanceBody>) -> Reply {
+    let body = match parse_body(body) {
         Ok(b) => b,
-        Err(e) => return bad(e.body_text()),
+        Err(reply) => return reply,
     };
     let allowance = match hex::decode(body.allowance.trim())
         .map_err(|e| e.to_string())

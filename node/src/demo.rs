@@ -162,11 +162,10 @@ pub fn run(dir: &Path) -> Result<DemoReport, NodeError> {
     // Mallory holds a clone of alice's phone, restored from a backup taken
     // after the coffee: same key, same counter.
     let mut mallory = open("mallory (alice's clone)", alice_key)?;
-    mallory.add_allowance(alice_allowance)?;
-    let (spend, _) = alice.store().spend(&alice.balances()?[0].0.id)?;
-    mallory
-        .store()
-        .commit_spend(&alice.balances()?[0].0.id, spend, None)?;
+    mallory.add_allowance(alice_allowance.clone())?;
+    let culprit = alice_allowance.id;
+    let (spend, _) = alice.store().spend(&culprit)?;
+    mallory.store().commit_spend(&culprit, spend, None)?;
     step(
         "the ship LAN splits in two; a clone of alice's wallet appears on the other side".into(),
         "{alice, bob-bar} | {carol-shop, dave, mallory}".into(),
@@ -213,7 +212,6 @@ pub fn run(dir: &Path) -> Result<DemoReport, NodeError> {
             sync(left[a], right[0]).map_err(sync_error)?;
         }
     }
-    let culprit = alice.balances()?[0].0.id;
     let everyone = [&alice, &bob, &carol, &dave, &mallory];
     let proof_everywhere = everyone.iter().all(|n| n.ledger().has_conflict(&culprit));
     step(

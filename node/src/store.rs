@@ -235,6 +235,18 @@ impl Store {
         tx.commit().map_err(|e| self.io("commit")(e.to_string()))
     }
 
+    /// A table of the latest committed state, for reading.
+    fn table(
+        &self,
+        table: TableDefinition<'_, &[u8], &[u8]>,
+    ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
+        self.db
+            .begin_read()
+            .map_err(|e| self.io("read")(e.to_string()))?
+            .open_table(table)
+            .map_err(|e| self.io("open table")(e.to_string()))
+    }
+
     fn read<T>(
         &self,
         table: TableDefinition<'_, &[u8], &[u8]>,
@@ -242,13 +254,7 @@ impl Store {
         name: &'static str,
         decode: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Result<Option<T>, StoreError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| self.io("read")(e.to_string()))?;
-        let t = tx
-            .open_table(table)
-            .map_err(|e| self.io("open table")(e.to_string()))?;
+        let t = self.table(table)?;
         let Some(v) = t.get(key).map_err(|e| self.io("get")(e.to_string()))? else {
             return Ok(None);
         };
@@ -263,13 +269,7 @@ impl Store {
         name: &'static str,
         decode: impl Fn(&[u8]) -> Result<T, String>,
     ) -> Result<Vec<T>, StoreError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| self.io("read")(e.to_string()))?;
-        let t = tx
-            .open_table(table)
-            .map_err(|e| self.io("open table")(e.to_string()))?;
+        let t = self.table(table)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.io("iterate")(e.to_string()))? {
             let (_, v) = item.map_err(|e| self.io("iterate")(e.to_string()))?;
@@ -345,22 +345,29 @@ impl Store {
         .map_err(|e| self.io("encode receipt")(e.to_string()))?;
         let id = receipt.transfer.id();
         let allowance = receipt.transfer.header().allowance;
-        let spend = match role {
-            Role::Paid => Some(self.spend(&allowance)?),
-            Role::Received => None,
-        };
+        // One transaction: the receipt, and for a paid one, the pending
+        // transfer it settles cleared (read and written under the same lock).
         self.write(|tx| {
             tx.open_table(RECEIPTS)?
                 .insert(id.as_bytes().as_slice(), record.as_slice())?;
-            if let Some((state, Some(pending))) = &spend
-                && pending.id() == id
-            {
-                let cleared = postcard::to_allocvec(&StoredSpend {
-                    spend: *state,
-                    pending: None,
-                })?;
-                tx.open_table(SPENDS)?
-                    .insert(allowance.as_bytes().as_slice(), cleared.as_slice())?;
+            if role == Role::Paid {
+                let mut spends = tx.open_table(SPENDS)?;
+                let stored: Option<StoredSpend> = spends
+                    .get(allowance.as_bytes().as_slice())?
+                    .map(|v| postcard::from_bytes(v.value()))
+                    .transpose()?;
+                if let Some(s) = stored
+                    && s.pending
+                        .as_deref()
+                        .and_then(|p| Transfer::decode(p).ok())
+                        .is_some_and(|p| p.id() == id)
+                {
+                    let cleared = postcard::to_allocvec(&StoredSpend {
+                        spend: s.spend,
+                        pending: None,
+                    })?;
+                    spends.insert(allowance.as_bytes().as_slice(), cleared.as_slice())?;
+                }
             }
             Ok(())
         })
