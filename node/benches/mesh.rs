@@ -66,6 +66,7 @@ async fn spawn_node(
         peers,
         mdns: false,
         sync_interval,
+        ..MeshConfig::default()
     };
     let (handle, _task) = Mesh::spawn(node, config).expect("mesh");
     let addr = loop {

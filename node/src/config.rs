@@ -1,7 +1,8 @@
 //! A node's data directory: wallet key, config, database.
 //!
 //! ```text
-//! DIR/wallet.key    the wallet's Ed25519 seed, hex, mode 0600
+//! DIR/wallet.key    the wallet's Ed25519 seed, mode 0600: hex, or sealed
+//!                   with a passphrase (see [`crate::keyfile`])
 //! DIR/config.toml   issuer root key, listen addresses, peers, control address
 //! DIR/node.redb     the database
 //! DIR/control.addr  written by `node run`: where its control API listens
@@ -36,8 +37,12 @@ pub struct Config {
     pub sync_interval_secs: u64,
 }
 
-fn default_listen() -> Vec<String> {
-    vec!["/ip4/0.0.0.0/tcp/0".into()]
+/// Listen on every interface, TCP and QUIC, on ports the system picks.
+pub fn default_listen() -> Vec<String> {
+    vec![
+        "/ip4/0.0.0.0/tcp/0".into(),
+        "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+    ]
 }
 fn yes() -> bool {
     true
@@ -80,6 +85,14 @@ pub enum ConfigError {
     /// `init` would overwrite an existing wallet.
     #[error("{0} already exists: refusing to overwrite a wallet key")]
     Exists(PathBuf),
+    /// The key file could not be opened or sealed.
+    #[error("{path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: crate::keyfile::KeyFileError,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
@@ -111,8 +124,13 @@ impl DataDir {
         self.0.join("control.addr")
     }
 
-    /// Creates the directory, a fresh wallet key (0600) and the config.
-    pub fn init(&self, config: &Config) -> Result<PublicKey, ConfigError> {
+    /// Creates the directory, a fresh wallet key (0600, sealed with
+    /// `passphrase` if one is given) and the config.
+    pub fn init(
+        &self,
+        config: &Config,
+        passphrase: Option<&[u8]>,
+    ) -> Result<PublicKey, ConfigError> {
         parse_public_key("issuer", &config.issuer)?;
         std::fs::create_dir_all(&self.0).map_err(io(&self.0))?;
         let key_file = self.key_file();
@@ -124,7 +142,27 @@ impl DataDir {
             source: std::io::Error::other(e.to_string()),
         })?;
         let key = SecretKey::generate(&mut rng);
-        write_private(&key_file, hex::encode(key.to_seed()).as_bytes())?;
+        let text = match passphrase {
+            None => hex::encode(key.to_seed()),
+            Some(passphrase) => {
+                let mut salt = [0u8; 16];
+                let mut nonce = [0u8; 12];
+                rand::Rng::fill_bytes(&mut rng, &mut salt);
+                rand::Rng::fill_bytes(&mut rng, &mut nonce);
+                crate::keyfile::seal(
+                    &key.to_seed(),
+                    passphrase,
+                    crate::keyfile::Cost::DEFAULT,
+                    salt,
+                    nonce,
+                )
+                .map_err(|source| ConfigError::KeyFile {
+                    path: key_file.clone(),
+                    source,
+                })?
+            }
+        };
+        write_private(&key_file, text.as_bytes())?;
         let text = toml::to_string_pretty(config).map_err(|e| ConfigError::Parse {
             path: self.config_file(),
             message: e.to_string(),
@@ -133,17 +171,19 @@ impl DataDir {
         Ok(key.public())
     }
 
-    /// The wallet key.
-    pub fn key(&self) -> Result<SecretKey, ConfigError> {
+    /// Whether the wallet key is sealed with a passphrase.
+    pub fn key_is_sealed(&self) -> Result<bool, ConfigError> {
         let path = self.key_file();
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let seed: [u8; 32] = hex::decode(text.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(ConfigError::Key {
-                what: path.display().to_string(),
-                detail: "expected 64 hex digits",
-            })?;
+        Ok(crate::keyfile::is_sealed(&text))
+    }
+
+    /// The wallet key; `passphrase` unseals a sealed key file.
+    pub fn key(&self, passphrase: Option<&[u8]>) -> Result<SecretKey, ConfigError> {
+        let path = self.key_file();
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let seed = crate::keyfile::open(&text, passphrase)
+            .map_err(|source| ConfigError::KeyFile { path, source })?;
         Ok(SecretKey::from_seed(&seed))
     }
 

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod keyfile;
 pub mod local;
 pub mod mesh;
 pub mod node;

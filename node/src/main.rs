@@ -43,6 +43,54 @@ struct Net {
     control: Option<String>,
 }
 
+/// Where a sealed wallet key's passphrase comes from: a file, the
+/// environment, or the terminal, in that order.
+#[derive(Args, Clone, Default)]
+struct Unlock {
+    /// Read the wallet key's passphrase from this file (first line).
+    /// MESHPAY_PASSPHRASE holds the passphrase itself; with neither, it is
+    /// asked for on the terminal.
+    #[arg(long, env = "MESHPAY_PASSPHRASE_FILE", value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl Unlock {
+    /// The passphrase from a file or the environment, or asked on the
+    /// terminal with `prompt` (twice when `confirm`).
+    fn passphrase(&self, prompt: &str, confirm: bool) -> Result<Vec<u8>, String> {
+        if let Some(file) = &self.passphrase_file {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            return Ok(text.lines().next().unwrap_or_default().as_bytes().to_vec());
+        }
+        if let Ok(p) = std::env::var("MESHPAY_PASSPHRASE") {
+            return Ok(p.into_bytes());
+        }
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Err(
+                "the wallet key needs a passphrase: set MESHPAY_PASSPHRASE or pass --passphrase-file FILE"
+                    .into(),
+            );
+        }
+        let first = rpassword::prompt_password(prompt).map_err(|e| e.to_string())?;
+        if confirm && rpassword::prompt_password("again: ").map_err(|e| e.to_string())? != first {
+            return Err("the two passphrases differ".into());
+        }
+        Ok(first.into_bytes())
+    }
+
+    /// The wallet key of `data`, unsealed if it is sealed.
+    fn key(&self, data: &DataDir) -> Result<SecretKey, String> {
+        let passphrase = if data.key_is_sealed().map_err(|e| e.to_string())? {
+            Some(self.passphrase("wallet key passphrase: ", false)?)
+        } else {
+            None
+        };
+        data.key(passphrase.as_deref()).map_err(|e| e.to_string())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a node: wallet key (mode 0600), config.toml, database.
@@ -54,6 +102,12 @@ enum Command {
         issuer: String,
         #[command(flatten)]
         net: Net,
+        /// Seal the wallet key with a passphrase (Argon2id and
+        /// ChaCha20-Poly1305); `node run` then needs it.
+        #[arg(long)]
+        encrypt: bool,
+        #[command(flatten)]
+        unlock: Unlock,
     },
     /// Run a node: the libp2p mesh and the control API.
     Node {
@@ -142,6 +196,8 @@ enum NodeAction {
         /// Seconds between periodic syncs.
         #[arg(long)]
         sync_interval: Option<u64>,
+        #[command(flatten)]
+        unlock: Unlock,
     },
 }
 
@@ -209,10 +265,22 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Init { dir, issuer, net } => init(&dir, issuer, &net),
+        Command::Init {
+            dir,
+            issuer,
+            net,
+            encrypt,
+            unlock,
+        } => init(&dir, issuer, &net, encrypt.then_some(&unlock)),
         Command::Node {
-            action: NodeAction::Run { dir, net, sync_interval },
-        } => run_node(&dir, &net, sync_interval),
+            action:
+                NodeAction::Run {
+                    dir,
+                    net,
+                    sync_interval,
+                    unlock,
+                },
+        } => run_node(&dir, &net, sync_interval, &unlock),
         Command::Request { dir, amount, currency, memo, json } => {
             parse_amount(&amount).and_then(|amount| {
                 let body = json!({ "amount": amount, "currency": currency, "memo": memo });
@@ -345,10 +413,10 @@ fn control_call(
     Ok(v)
 }
 
-fn init(dir: &Dir, issuer: String, net: &Net) -> Result<(), String> {
+fn init(dir: &Dir, issuer: String, net: &Net, seal: Option<&Unlock>) -> Result<(), String> {
     let mut config = Config {
         issuer,
-        listen: vec!["/ip4/0.0.0.0/tcp/0".into()],
+        listen: meshpay_node::config::default_listen(),
         peers: net.peer.clone(),
         mdns: !net.no_mdns,
         control: net.control.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
@@ -358,11 +426,16 @@ fn init(dir: &Dir, issuer: String, net: &Net) -> Result<(), String> {
         config.listen = net.listen.clone();
     }
     let data = DataDir(dir.data_dir.clone());
-    let wallet = data.init(&config).map_err(|e| e.to_string())?;
+    let passphrase = seal
+        .map(|u| u.passphrase("new wallet key passphrase: ", true))
+        .transpose()?;
+    let wallet = data
+        .init(&config, passphrase.as_deref())
+        .map_err(|e| e.to_string())?;
     Node::open(
         "node",
         &data.database(),
-        data.key().map_err(|e| e.to_string())?,
+        data.key(passphrase.as_deref()).map_err(|e| e.to_string())?,
         TrustStore::new(parse_public_key("issuer", &config.issuer).map_err(|e| e.to_string())?),
     )
     .map_err(|e| e.to_string())?;
@@ -370,10 +443,15 @@ fn init(dir: &Dir, issuer: String, net: &Net) -> Result<(), String> {
     Ok(())
 }
 
-fn run_node(dir: &Dir, net: &Net, sync_interval: Option<u64>) -> Result<(), String> {
+fn run_node(
+    dir: &Dir,
+    net: &Net,
+    sync_interval: Option<u64>,
+    unlock: &Unlock,
+) -> Result<(), String> {
     let data = DataDir(dir.data_dir.clone());
     let config = data.config().map_err(|e| e.to_string())?;
-    let key = data.key().map_err(|e| e.to_string())?;
+    let key = unlock.key(&data)?;
     let issuer = parse_public_key("issuer", &config.issuer).map_err(|e| e.to_string())?;
     let parse_addrs = |list: &[String]| -> Result<Vec<libp2p::Multiaddr>, String> {
         list.iter()
@@ -405,6 +483,7 @@ fn run_node(dir: &Dir, net: &Net, sync_interval: Option<u64>) -> Result<(), Stri
         sync_interval: Duration::from_secs(
             sync_interval.unwrap_or(config.sync_interval_secs).max(1),
         ),
+        ..MeshConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {

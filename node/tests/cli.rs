@@ -501,3 +501,71 @@ fn wait_ready(dir: &Path) {
         std::thread::sleep(Duration::from_millis(30));
     }
 }
+
+/// `init --encrypt` seals the wallet key: `node run` refuses to start
+/// without the passphrase or with a wrong one, and starts with the right
+/// one as the same wallet.
+#[test]
+fn a_sealed_wallet_key_needs_its_passphrase() {
+    let root = tempfile::tempdir().expect("dir");
+    let d = root.path().join("sealed");
+    let ds = d.display().to_string();
+    let issuer = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
+    let out = meshpay()
+        .args(["init", "--encrypt", "--data-dir", &ds, "--issuer", issuer])
+        .env("MESHPAY_PASSPHRASE", "sea shanty 42")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let wallet = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("wallet "))
+        .expect("wallet line")
+        .to_string();
+    let key = std::fs::read_to_string(d.join("wallet.key")).expect("key file");
+    assert!(key.starts_with("meshpay-key-v1:argon2id:"), "{key}");
+
+    let refused = |env: Option<&str>| {
+        let mut cmd = meshpay();
+        cmd.args(["node", "run", "--no-mdns", "--data-dir", &ds])
+            .env_remove("MESHPAY_PASSPHRASE")
+            .stdin(Stdio::null());
+        if let Some(p) = env {
+            cmd.env("MESHPAY_PASSPHRASE", p);
+        }
+        let out = cmd.output().expect("runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(None);
+    assert!(err.contains("MESHPAY_PASSPHRASE"), "{err}");
+    let err = refused(Some("sea shanty 43"));
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let file = root.path().join("pass");
+    std::fs::write(&file, "sea shanty 42\n").expect("write");
+    let mut nodes = Nodes(vec![]);
+    nodes.0.push(
+        meshpay()
+            .args(["node", "run", "--no-mdns", "--data-dir", &ds])
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .arg("--passphrase-file")
+            .arg(&file)
+            .env_remove("MESHPAY_PASSPHRASE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts"),
+    );
+    wait_ready(&d);
+    let status = json(&["status", "--json", "--data-dir", &ds]);
+    assert_eq!(status["wallet"].as_str(), Some(wallet.as_str()));
+}

@@ -1,23 +1,25 @@
 //! A hostile peer on the mesh: garbage and truncated messages on
-//! `/meshpay/1` get refusals, never a panic, and change nothing.
+//! `/meshpay/1` get refusals, never a panic, and change nothing; a flood
+//! is refused past the peer's rate limit and the flooder disconnected.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, noise, tcp, yamux};
-use meshpay_node::mesh::{Mesh, MeshConfig, MeshRequest, MeshResponse, PROTOCOL, WireCodec};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, noise, tcp, yamux};
+use meshpay_node::mesh::{
+    Mesh, MeshConfig, MeshHandle, MeshRequest, MeshResponse, PROTOCOL, WireCodec,
+};
 use meshpay_node::node::Node;
 use meshpay_proto::prelude::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_on_the_wire_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().expect("dir");
+/// A node on loopback that nobody else talks to, and its address.
+async fn victim(dir: &std::path::Path) -> (MeshHandle, Multiaddr) {
     let trust = TrustStore::new(SecretKey::from_seed(&[1; 32]).public());
     let node = Node::open(
         "victim",
-        &dir.path().join("v.redb"),
+        &dir.join("v.redb"),
         SecretKey::from_seed(&[2; 32]),
         trust,
     )
@@ -27,6 +29,7 @@ async fn garbage_on_the_wire_is_refused_and_changes_nothing() {
         peers: vec![],
         mdns: false,
         sync_interval: Duration::from_secs(60),
+        ..MeshConfig::default()
     };
     let (victim, _task) = Mesh::spawn(node, config).expect("mesh");
     let addr: Multiaddr = loop {
@@ -36,8 +39,11 @@ async fn garbage_on_the_wire_is_refused_and_changes_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let before = victim.status().await.expect("status");
+    (victim, addr)
+}
 
+/// A bare libp2p peer speaking `/meshpay/1`, dialing `victim`.
+fn attacker(victim: &MeshHandle, addr: Multiaddr) -> Swarm<request_response::Behaviour<WireCodec>> {
     let mut attacker = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -56,6 +62,15 @@ async fn garbage_on_the_wire_is_refused_and_changes_nothing() {
         .build();
     attacker.add_peer_address(victim.peer_id, addr.clone());
     attacker.dial(addr).expect("dial");
+    attacker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_wire_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (victim, addr) = victim(dir.path()).await;
+    let before = victim.status().await.expect("status");
+    let mut attacker = attacker(&victim, addr);
 
     // A valid transfer to truncate.
     let payer = SecretKey::from_seed(&[3; 32]);
@@ -128,5 +143,57 @@ async fn garbage_on_the_wire_is_refused_and_changes_nothing() {
     let after = victim.status().await.expect("victim still answers");
     assert_eq!(after.ledger_digest, before.ledger_digest);
     assert_eq!(after.ledger_entries, 0);
+    victim.stop().await;
+}
+
+/// A peer sending requests far faster than its limit: the first burst is
+/// served (here: refused as garbage), the rest refused as rate limited,
+/// and a peer that keeps going is disconnected. The node still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_rate_limited_then_disconnected() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (victim, addr) = victim(dir.path()).await;
+    let mut attacker = attacker(&victim, addr);
+    let limits = meshpay_node::mesh::PeerLimits::default();
+    let flood = usize::try_from(limits.request_burst).expect("small") * 3;
+    let (mut served, mut limited, mut failed) = (0, 0, 0);
+    let mut closed = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !(closed && served + limited + failed == flood) {
+        let event = tokio::time::timeout_at(deadline, attacker.select_next_some())
+            .await
+            .expect("the flood ends in answers and a disconnect");
+        match event {
+            SwarmEvent::ConnectionEstablished { .. } => {
+                for _ in 0..flood {
+                    attacker
+                        .behaviour_mut()
+                        .send_request(&victim.peer_id, MeshRequest::Payment(vec![0xff]));
+                }
+            }
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            }) => match response {
+                MeshResponse::Refused(why) if why == "rate limited" => limited += 1,
+                MeshResponse::Refused(_) => served += 1,
+                other => panic!("unexpected answer {other:?}"),
+            },
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => failed += 1,
+            SwarmEvent::ConnectionClosed { .. } => closed = true,
+            _ => {}
+        }
+    }
+    // The whole burst was served before any refusal, and the flooder was
+    // cut off within its strikes.
+    assert!(
+        served >= usize::try_from(limits.request_burst).expect("small"),
+        "served {served}"
+    );
+    assert!(limited >= 1, "no request refused as rate limited");
+    assert!(failed >= 1, "the flooder was not disconnected");
+    assert!(closed);
+    let status = victim.status().await.expect("the victim still serves");
+    assert_eq!(status.ledger_entries, 0);
     victim.stop().await;
 }

@@ -1,5 +1,5 @@
-//! Nodes on the libp2p mesh over loopback TCP: a payment between two of
-//! them, and the ledger reaching a third by sync.
+//! Nodes on the libp2p mesh over loopback TCP and QUIC: a payment between
+//! two of them, and the ledger reaching a third by sync.
 
 use std::time::Duration;
 
@@ -39,14 +39,16 @@ async fn start(
     key: SecretKey,
     trust: &TrustStore,
     peers: Vec<Multiaddr>,
+    listen: &str,
 ) -> (MeshHandle, Multiaddr, tokio::task::JoinHandle<Node>) {
     let node =
         Node::open(name, &dir.join(format!("{name}.redb")), key, trust.clone()).expect("node");
     let config = MeshConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        listen: vec![listen.parse().expect("addr")],
         peers,
         mdns: false,
         sync_interval: Duration::from_millis(300),
+        ..MeshConfig::default()
     };
     let (handle, task) = Mesh::spawn(node, config).expect("mesh");
     let addr = loop {
@@ -59,8 +61,22 @@ async fn start(
     (handle, addr, task)
 }
 
+const TCP: &str = "/ip4/127.0.0.1/tcp/0";
+const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_over_loopback_and_the_ledger_reaching_a_third_node() {
+async fn a_payment_over_loopback_tcp_and_the_ledger_reaching_a_third_node() {
+    payment_and_convergence(TCP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_over_loopback_quic_and_the_ledger_reaching_a_third_node() {
+    payment_and_convergence(QUIC).await;
+}
+
+/// Three nodes, each listening only on `listen`: a pays b, and the header
+/// reaches c through b.
+async fn payment_and_convergence(listen: &str) {
     let dir = tempfile::tempdir().expect("dir");
     let issuer = SecretKey::from_seed(&[1; 32]);
     let trust = TrustStore::new(issuer.public());
@@ -84,6 +100,7 @@ async fn a_payment_over_loopback_and_the_ledger_reaching_a_third_node() {
         SecretKey::from_seed(&[4; 32]),
         &trust,
         vec![],
+        listen,
     )
     .await;
     let (b, b_addr, b_task) = start(
@@ -92,9 +109,10 @@ async fn a_payment_over_loopback_and_the_ledger_reaching_a_third_node() {
         SecretKey::from_seed(&[3; 32]),
         &trust,
         vec![c_addr],
+        listen,
     )
     .await;
-    let (a, _, a_task) = start(dir.path(), "payer", payer_key, &trust, vec![b_addr]).await;
+    let (a, _, a_task) = start(dir.path(), "payer", payer_key, &trust, vec![b_addr], listen).await;
 
     let invoice = b
         .request(
@@ -169,6 +187,7 @@ async fn a_proof_caught_at_a_payee_is_gossiped_at_once() {
             peers,
             mdns: false,
             sync_interval: slow,
+            ..MeshConfig::default()
         };
         Mesh::spawn(node, config).expect("mesh").0
     };

@@ -21,6 +21,8 @@ pub struct MeshConfig {
     pub mdns: bool,
     /// Sync with every connected peer this often.
     pub sync_interval: Duration,
+    /// What one peer may ask of this node.
+    pub limits: super::limits::PeerLimits,
 }
 
 impl Default for MeshConfig {
@@ -30,6 +32,7 @@ impl Default for MeshConfig {
             peers: Vec::new(),
             mdns: true,
             sync_interval: Duration::from_secs(10),
+            limits: super::limits::PeerLimits::default(),
         }
     }
 }

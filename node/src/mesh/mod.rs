@@ -7,6 +7,7 @@
 //! Sync runs on every new connection and every `sync_interval`.
 
 mod api;
+mod limits;
 mod wire;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ pub use api::{
     ExportedHeader, HistoryEntry, LedgerExport, MeshConfig, MeshError, MeshHandle, MeshPayment,
     Status,
 };
+pub use limits::{PeerLimits, RateLimiter, Verdict};
 pub use wire::{MAX_WIRE_MESSAGE, MeshRequest, MeshResponse, PROTOCOL, WireCodec};
 
 use crate::node::{Node, NodeError};
@@ -102,6 +104,8 @@ pub struct Mesh {
     /// Payments waiting for a connection to their payee: nothing is signed
     /// until the payee is reachable.
     waiting: Vec<WaitingPayment>,
+    /// What each connected peer may still ask.
+    limiter: RateLimiter,
 }
 
 struct WaitingPayment {
@@ -130,6 +134,9 @@ impl Mesh {
                 yamux::Config::default,
             )
             .map_err(|e| net(&e))?
+            // QUIC brings its own TLS 1.3 handshake and stream multiplexing;
+            // the peer id is authenticated the same way as over noise.
+            .with_quic()
             .with_behaviour(|key| {
                 let urgent = urgent_behaviour(key)?;
                 let mdns = if config.mdns {
@@ -171,6 +178,7 @@ impl Mesh {
             }
             swarm.dial(addr.clone()).map_err(|e| net(&e))?;
         }
+        let limiter = RateLimiter::new(config.limits);
         let (tx, commands) = mpsc::channel(64);
         let handle = MeshHandle {
             tx,
@@ -189,6 +197,7 @@ impl Mesh {
             syncs_completed: 0,
             commands,
             waiting: Vec::new(),
+            limiter,
         };
         Ok((mesh, handle))
     }
@@ -451,6 +460,7 @@ impl Mesh {
             } => {
                 self.initiated.remove(&peer_id);
                 self.answering.remove(&peer_id);
+                self.limiter.forget(&peer_id);
             }
             _ => {}
         }
@@ -506,6 +516,13 @@ impl Mesh {
         request: MeshRequest,
         channel: ResponseChannel<MeshResponse>,
     ) {
+        let bytes = match &request {
+            MeshRequest::Sync { frames, .. } => frames.iter().map(Vec::len).sum(),
+            MeshRequest::Payment(b) => b.len(),
+        };
+        if !self.admit(peer, bytes) {
+            return self.respond(channel, MeshResponse::Refused("rate limited".into()));
+        }
         let response = match request {
             MeshRequest::Sync { first, frames } => {
                 if first {
@@ -526,6 +543,25 @@ impl Mesh {
             MeshRequest::Payment(bytes) => self.answer_payment(&bytes),
         };
         self.respond(channel, response);
+    }
+
+    /// Charges `peer` for a request of `bytes`; false if it is over its
+    /// limits (and disconnects a peer that keeps going).
+    fn admit(&mut self, peer: PeerId, bytes: usize) -> bool {
+        let now = self.millis().0;
+        match self.limiter.check(peer, bytes as u64, now) {
+            Verdict::Allow => true,
+            Verdict::Refuse => {
+                tracing::debug!(%peer, bytes, "request over the peer's rate limit refused");
+                false
+            }
+            Verdict::Disconnect => {
+                tracing::warn!(%peer, "peer ignores rate-limit refusals; disconnecting");
+                self.answering.remove(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+                false
+            }
+        }
     }
 
     fn respond(&mut self, channel: ResponseChannel<MeshResponse>, response: MeshResponse) {
@@ -764,6 +800,9 @@ impl Mesh {
     fn on_urgent(&mut self, from: PeerId, data: &[u8]) {
         use meshpay_proto::ledger::Inserted;
         use meshpay_proto::sync::SyncMessage;
+        if !self.admit(from, data.len()) {
+            return;
+        }
         let entries = match SyncMessage::decode(data) {
             Ok(SyncMessage::Urgent {
                 proofs,
