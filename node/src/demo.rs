@@ -5,18 +5,19 @@
 //! in two; a cloned wallet spends the same money on both sides; when the
 //! halves meet again the mesh proves the double spend, every node learns
 //! it, and the culprit is refused everywhere. Each node keeps a real redb
-//! database; the links between them run in memory (the libp2p and BLE
-//! transports carry the same messages).
+//! database and runs the real libp2p mesh on loopback TCP, all in this
+//! process; the split is made by closing connections.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
 use meshpay_proto::prelude::*;
 use serde::Serialize;
 
-use crate::local::{PaymentOutcome, pay, sync};
+use crate::mesh::{Mesh, MeshConfig, MeshError, MeshHandle, MeshPayment};
 use crate::node::{Node, NodeError};
-use crate::store::Role;
 
 /// What the demo did, step by step; printed as text or JSON.
 #[derive(Debug, Serialize)]
@@ -59,17 +60,33 @@ pub struct NodeSummary {
     pub digest: String,
 }
 
-fn outcome_text(o: &PaymentOutcome) -> String {
+/// Why the demo could not finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DemoError {
+    /// A node failed (storage, keys).
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The mesh failed (network, a stopped node).
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    /// Something the story waits for did not happen in time.
+    #[error("timed out waiting for {0}")]
+    Stalled(&'static str),
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn outcome_text(o: &MeshPayment) -> String {
     match o {
-        PaymentOutcome::Paid(r) => format!(
-            "accepted offline: receipt for transfer {}… (seq {}, cumulative {})",
-            &r.transfer.id().to_string()[..12],
-            r.transfer.header().seq,
-            r.transfer.header().cumulative
+        MeshPayment::Paid(t) => format!(
+            "accepted offline: receipt for transfer {}…",
+            &t[..t.len().min(12)]
         ),
-        PaymentOutcome::Refused(rule) => format!("refused by the payee: rule {}", rule.name()),
-        PaymentOutcome::PayerRefused(e) => format!("refused by the payer: {e}"),
-        PaymentOutcome::Uncertain => "no answer".into(),
+        MeshPayment::Refused(rule) => format!("refused by the payee: rule {rule}"),
+        MeshPayment::PayerRefused(e) => format!("refused by the payer: {e}"),
+        MeshPayment::Uncertain => "no answer".into(),
     }
 }
 
@@ -77,15 +94,118 @@ fn money(minor: u64) -> String {
     format!("{}.{:02}", minor / 100, minor % 100)
 }
 
-/// Runs the demo with its databases under `dir`.
-pub fn run(dir: &Path) -> Result<DemoReport, NodeError> {
+/// How long the demo waits for the mesh to do one thing.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// One node of the demo: its name and its running mesh.
+struct Device {
+    name: &'static str,
+    mesh: MeshHandle,
+    addr: Multiaddr,
+    task: tokio::task::JoinHandle<Node>,
+}
+
+impl Device {
+    async fn start(name: &'static str, node: Node) -> Result<Device, DemoError> {
+        let config = MeshConfig {
+            listen: vec![loopback()],
+            peers: Vec::new(),
+            mdns: false,
+            sync_interval: Duration::from_millis(500),
+            ..MeshConfig::default()
+        };
+        let (mesh, task) = Mesh::spawn(node, config)?;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let addr = loop {
+            let s = mesh.status().await?;
+            if let Some(a) = s.listening.first()
+                && let Ok(addr) = format!("{a}/p2p/{}", s.peer_id).parse()
+            {
+                break addr;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(DemoError::Stalled("a node to listen"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Ok(Device {
+            name,
+            mesh,
+            addr,
+            task,
+        })
+    }
+
+    /// Connects to `other` and waits until both see the link.
+    async fn link(&self, other: &Device) -> Result<(), DemoError> {
+        self.mesh.dial(other.addr.clone()).await?;
+        let id = other.mesh.peer_id.to_string();
+        wait_for("a link between two nodes", || async {
+            Ok(self.mesh.status().await?.peers.contains(&id))
+        })
+        .await
+    }
+
+    /// Cuts the link between the two, both ways.
+    async fn unlink(&self, other: &Device) -> Result<(), DemoError> {
+        self.mesh.disconnect(other.mesh.peer_id).await?;
+        other.mesh.disconnect(self.mesh.peer_id).await?;
+        let id = other.mesh.peer_id.to_string();
+        wait_for("a link to close", || async {
+            Ok(!self.mesh.status().await?.peers.contains(&id))
+        })
+        .await
+    }
+
+    /// `self` pays `payee` over the mesh.
+    async fn pay(&self, payee: &Device, amount: u64, memo: &str) -> Result<MeshPayment, DemoError> {
+        let eur = Currency::new("EUR").unwrap_or_else(|| unreachable!("a valid code"));
+        let invoice = payee.mesh.request(amount, eur, Some(memo.into())).await?;
+        Ok(self.mesh.pay(invoice, payee.mesh.peer_id).await?)
+    }
+}
+
+fn loopback() -> Multiaddr {
+    Multiaddr::empty()
+        .with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
+        .with(Protocol::Tcp(0))
+}
+
+/// Polls `check` until it holds, or gives up after [`PATIENCE`].
+async fn wait_for<F, Fut>(what: &'static str, mut check: F) -> Result<(), DemoError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, DemoError>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await? {
+        if tokio::time::Instant::now() > deadline {
+            return Err(DemoError::Stalled(what));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Runs the demo with its databases under `dir`: five nodes on loopback
+/// libp2p in this process.
+pub fn run(dir: &Path) -> Result<DemoReport, DemoError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DemoError::Runtime)?
+        .block_on(story(dir))
+}
+
+async fn story(dir: &Path) -> Result<DemoReport, DemoError> {
     let started = Instant::now();
-    let mut rng = crate::os_rng()?;
+    let mut rng = crate::os_rng().map_err(NodeError::from)?;
     let issuer = SecretKey::generate(&mut rng);
     let trust = TrustStore::new(issuer.public());
     let eur = Currency::new("EUR").unwrap_or_else(|| unreachable!("a valid code"));
-    // The demo's wall clock: 2027-01-15 08:00 UTC.
-    let now = Timestamp(1_800_000_000);
+    // The mesh checks allowances against the machine's clock.
+    let now = crate::mesh::wall_clock();
     let mut steps = Vec::new();
     let mut step = |what: String, outcome: String| {
         tracing::info!(%what, %outcome);
@@ -96,9 +216,9 @@ pub fn run(dir: &Path) -> Result<DemoReport, NodeError> {
         Node::open(name, &dir.join(format!("{name}.redb")), key, trust.clone())
     };
     let alice_key = SecretKey::generate(&mut rng);
-    let mut alice = open("alice", alice_key.clone())?;
-    let mut bob = open("bob-bar", SecretKey::generate(&mut rng))?;
-    let mut carol = open("carol-shop", SecretKey::generate(&mut rng))?;
+    let alice = open("alice", alice_key.clone())?;
+    let bob = open("bob-bar", SecretKey::generate(&mut rng))?;
+    let carol = open("carol-shop", SecretKey::generate(&mut rng))?;
     let mut dave = open("dave", SecretKey::generate(&mut rng))?;
 
     // Online, before sailing: the issuer escrows two allowances.
@@ -126,6 +246,7 @@ pub fn run(dir: &Path) -> Result<DemoReport, NodeError> {
         )
     };
     let alice_allowance = allowance(1, alice.public_key(), 10_000);
+    let mut alice = alice;
     alice.add_allowance(alice_allowance.clone())?;
     dave.add_allowance(allowance(2, dave.public_key(), 5_000))?;
     step(
@@ -133,49 +254,76 @@ pub fn run(dir: &Path) -> Result<DemoReport, NodeError> {
         "two issuer-signed allowances, caps 50.00 per payment and 50 payments".into(),
     );
 
-    // At sea, the whole ship LAN up.
-    let o = pay(&mut alice, &mut bob, 450, eur, Some("coffee"), now)?;
+    // At sea: four devices on the ship's LAN, libp2p over loopback TCP.
+    let alice = Device::start("alice", alice).await?;
+    let bob = Device::start("bob-bar", bob).await?;
+    let carol = Device::start("carol-shop", carol).await?;
+    let dave = Device::start("dave", dave).await?;
+    alice.link(&bob).await?;
+    bob.link(&carol).await?;
+    carol.link(&dave).await?;
+    step(
+        "at sea, no internet: four nodes on the ship LAN (libp2p, noise, yamux)".into(),
+        "alice - bob-bar - carol-shop - dave".into(),
+    );
+    let o = alice.pay(&bob, 450, "coffee").await?;
     step(
         format!("alice pays bob-bar {} EUR", money(450)),
         outcome_text(&o),
     );
-    let o = pay(&mut dave, &mut carol, 1_200, eur, Some("sunscreen"), now)?;
+    let o = dave.pay(&carol, 1_200, "sunscreen").await?;
     step(
         format!("dave pays carol-shop {} EUR", money(1_200)),
         outcome_text(&o),
     );
-    // Along the chain and back, so that everything reaches everyone.
-    for (a, b) in [(0, 1), (1, 2), (2, 3), (1, 2), (0, 1)] {
-        let mut nodes = [&mut alice, &mut bob, &mut carol, &mut dave];
-        let (left, right) = nodes.split_at_mut(b);
-        sync(left[a], right[0]).map_err(sync_error)?;
-    }
+    let lan = [&alice, &bob, &carol, &dave];
+    wait_for("the ledgers to converge", || async {
+        let mut digests = std::collections::BTreeSet::new();
+        for d in lan {
+            let s = d.mesh.status().await?;
+            if s.ledger_entries < 4 {
+                return Ok(false);
+            }
+            digests.insert(s.ledger_digest);
+        }
+        Ok(digests.len() == 1)
+    })
+    .await?;
     step(
-        "the LAN gossips: every node syncs its partial ledger with its neighbour".into(),
-        format!(
-            "all ledgers equal: {}",
-            alice.ledger().digest() == dave.ledger().digest()
-        ),
+        "the LAN gossips: every node syncs its partial ledger with its neighbours".into(),
+        "all four ledgers equal".into(),
     );
 
     // The LAN splits: {alice, bob-bar} | {carol-shop, dave, mallory}.
     // Mallory holds a clone of alice's phone, restored from a backup taken
-    // after the coffee: same key, same counter.
+    // after the coffee: same key, same counter (sequence 1 used, 4.50 spent).
+    bob.unlink(&carol).await?;
     let mut mallory = open("mallory (alice's clone)", alice_key)?;
     mallory.add_allowance(alice_allowance.clone())?;
     let culprit = alice_allowance.id;
-    let (spend, _) = alice.store().spend(&culprit)?;
-    mallory.store().commit_spend(&culprit, spend, None)?;
+    mallory
+        .store()
+        .commit_spend(
+            &culprit,
+            SpendState {
+                next_seq: 2,
+                cumulative: 450,
+            },
+            None,
+        )
+        .map_err(NodeError::from)?;
+    let mallory = Device::start("mallory (alice's clone)", mallory).await?;
+    mallory.link(&carol).await?;
     step(
         "the ship LAN splits in two; a clone of alice's wallet appears on the other side".into(),
         "{alice, bob-bar} | {carol-shop, dave, mallory}".into(),
     );
-    let o = pay(&mut alice, &mut bob, 4_000, eur, Some("dinner"), now)?;
+    let o = alice.pay(&bob, 4_000, "dinner").await?;
     step(
         format!("alice pays bob-bar {} EUR", money(4_000)),
         outcome_text(&o),
     );
-    let o = pay(&mut mallory, &mut carol, 4_000, eur, Some("watch"), now)?;
+    let o = mallory.pay(&carol, 4_000, "watch").await?;
     step(
         format!(
             "mallory (the clone) pays carol-shop {} EUR with the same money",
@@ -184,67 +332,66 @@ pub fn run(dir: &Path) -> Result<DemoReport, NodeError> {
         outcome_text(&o),
     );
 
-    // The halves meet again.
-    let (s1, s2) = sync(&mut bob, &mut carol).map_err(sync_error)?;
-    let mut found = s1.new_proofs;
-    found.extend(s2.new_proofs);
-    found.dedup();
-    let kinds: Vec<&str> = found
-        .iter()
-        .map(|p| match p {
-            ConflictProof::Fork { .. } => "fork",
-            ConflictProof::Rewind { .. } => "rewind",
-            ConflictProof::OverLimit { .. } => "over-limit",
-        })
-        .collect();
-    step(
-        "the LAN heals: bob-bar and carol-shop sync".into(),
-        format!(
-            "double spend caught: conflict proof ({}) for alice's allowance, {} bytes exchanged",
-            kinds.join(", "),
-            s1.bytes_sent + s2.bytes_sent
-        ),
-    );
-    {
-        let mut nodes = [&mut alice, &mut bob, &mut carol, &mut dave, &mut mallory];
-        for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 4)] {
-            let (left, right) = nodes.split_at_mut(b);
-            sync(left[a], right[0]).map_err(sync_error)?;
-        }
-    }
+    // The halves meet again; the proof spreads by gossip and sync.
+    let healed = Instant::now();
+    bob.link(&carol).await?;
     let everyone = [&alice, &bob, &carol, &dave, &mallory];
-    let proof_everywhere = everyone.iter().all(|n| n.ledger().has_conflict(&culprit));
+    wait_for("the conflict proof to reach every node", || async {
+        for d in everyone {
+            if d.mesh.status().await?.proofs == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+    let spread_ms = healed.elapsed().as_millis();
     step(
-        "the proof spreads ahead of everything else".into(),
-        format!("every node holds it: {proof_everywhere}"),
+        "the LAN heals: bob-bar and carol-shop reconnect and sync".into(),
+        format!(
+            "double spend caught: a conflict proof against alice's allowance reached all 5 nodes in {spread_ms} ms"
+        ),
     );
 
     // The culprit tries again, anywhere.
+    alice.link(&carol).await?;
+    alice.link(&dave).await?;
     let mut refusals = Vec::new();
-    for payee in [&mut bob, &mut carol, &mut dave] {
-        let o = pay(&mut alice, payee, 100, eur, Some("snack"), now)?;
-        refusals.push(matches!(o, PaymentOutcome::Refused(Rule::NoKnownConflict)));
+    for payee in [&bob, &carol, &dave] {
+        let o = alice.pay(payee, 100, "snack").await?;
+        refusals.push(o == MeshPayment::Refused(Rule::NoKnownConflict.name().into()));
         step(
-            format!("alice tries to pay {} 1.00 EUR", payee.name()),
+            format!("alice tries to pay {} 1.00 EUR", payee.name),
             outcome_text(&o),
         );
     }
     let culprit_refused_everywhere = refusals.iter().all(|r| *r);
 
+    // Let the last syncs settle, then stop every node.
+    wait_for("the ledgers to converge", || async {
+        let mut digests = std::collections::BTreeSet::new();
+        for d in everyone {
+            digests.insert(d.mesh.status().await?.ledger_digest);
+        }
+        Ok(digests.len() == 1)
+    })
+    .await?;
     let mut nodes = Vec::new();
-    for n in [&alice, &bob, &carol, &dave, &mallory] {
-        let receipts = n.receipts()?;
+    let mut proof_everywhere = true;
+    for d in [alice, bob, carol, dave, mallory] {
+        let status = d.mesh.status().await?;
+        let history = d.mesh.history().await?;
+        proof_everywhere &= status.proofs > 0;
         nodes.push(NodeSummary {
-            name: n.name().to_string(),
-            paid: receipts.iter().filter(|(_, r)| *r == Role::Paid).count(),
-            received: receipts
-                .iter()
-                .filter(|(_, r)| *r == Role::Received)
-                .count(),
-            ledger_entries: n.ledger().len(),
-            proofs: n.ledger().proofs().len(),
-            digest: n.ledger().digest().to_string()[..16].to_string(),
+            name: d.name.to_string(),
+            paid: history.iter().filter(|h| h.role == "paid").count(),
+            received: history.iter().filter(|h| h.role == "received").count(),
+            ledger_entries: status.ledger_entries,
+            proofs: status.proofs,
+            digest: status.ledger_digest[..16].to_string(),
         });
+        d.mesh.stop().await;
+        let _ = d.task.await;
     }
     Ok(DemoReport {
         steps,
@@ -253,13 +400,6 @@ pub fn run(dir: &Path) -> Result<DemoReport, NodeError> {
         culprit_refused_everywhere,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })
-}
-
-fn sync_error(e: crate::local::SyncFailure) -> NodeError {
-    match e {
-        crate::local::SyncFailure::Node(n) => n,
-        crate::local::SyncFailure::Session(s) => NodeError::Sync(s),
-    }
 }
 
 /// The report for people.

@@ -164,10 +164,10 @@ impl Node {
         let balances = self.balances()?;
         for (a, _) in &balances {
             if let (spend, Some(pending)) = self.store.spend(&a.id)? {
-                tracing::warn!(
+                tracing::info!(
                     transfer = %pending.id(),
                     seq = pending.header().seq,
-                    "an earlier payment never completed; its amount stays counted as spent"
+                    "an earlier transfer got no receipt (refused, lost or interrupted); its amount stays counted as spent until settlement refunds it"
                 );
                 self.store.commit_spend(&a.id, spend, None)?;
             }

@@ -166,6 +166,7 @@ pub(super) enum Command {
     },
     SyncNow,
     Dial(Multiaddr),
+    Disconnect(PeerId),
     Stop,
 }
 
@@ -238,6 +239,15 @@ impl MeshHandle {
             reply,
         })
         .await?
+    }
+
+    /// Closes every connection to `peer` (a network split, in the demo and
+    /// tests); either side dialling again reconnects.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::Disconnect(peer))
+            .await
+            .map_err(|_| MeshError::Stopped)
     }
 
     /// Dials a peer (and remembers its address).

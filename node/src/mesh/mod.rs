@@ -305,6 +305,9 @@ impl Mesh {
                     tracing::debug!(error = %e, "dial failed");
                 }
             }
+            Command::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Stop => {}
         }
     }
