@@ -150,6 +150,20 @@ async fn ledger(State(h): State<MeshHandle>) -> Reply {
     h.ledger().await.map_or_else(failed, ok)
 }
 
+async fn conflicts(State(h): State<MeshHandle>) -> Reply {
+    match h.ledger().await {
+        Ok(l) => ok(json!({ "proofs": l.proofs })),
+        Err(e) => failed(e),
+    }
+}
+
+async fn peers(State(h): State<MeshHandle>) -> Reply {
+    match h.status().await {
+        Ok(s) => ok(json!({ "connected": s.peers })),
+        Err(e) => failed(e),
+    }
+}
+
 async fn allowances(State(h): State<MeshHandle>, body: Body<AllowanceBody>) -> Reply {
     let body = match parse_body(body) {
         Ok(b) => b,
@@ -178,6 +192,8 @@ pub fn router(handle: MeshHandle) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/ledger", get(ledger))
         .route("/v1/allowances", post(allowances))
+        .route("/v1/conflicts", get(conflicts))
+        .route("/v1/peers", get(peers))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(handle)
 }

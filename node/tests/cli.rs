@@ -305,6 +305,28 @@ fn a_double_spend_across_a_partition_is_caught_when_it_heals() {
             names[payer], names[payee]
         );
     }
+
+    // The control API names the proof (a fork: one sequence number signed
+    // twice) and the peers each node is connected to.
+    for d in &dirs {
+        let addr = std::fs::read_to_string(d.join("control.addr")).expect("control.addr");
+        let (code, v) =
+            meshpay_node::control::call(addr.trim(), "GET", "/v1/conflicts", None).expect("call");
+        assert_eq!(code, 200);
+        let proofs = v["proofs"].as_array().expect("proofs");
+        assert!(
+            proofs.iter().any(|p| p["kind"] == "fork"),
+            "{}: {v}",
+            d.display()
+        );
+        let (code, v) =
+            meshpay_node::control::call(addr.trim(), "GET", "/v1/peers", None).expect("call");
+        assert_eq!(code, 200);
+        assert!(
+            v["connected"].as_array().is_some_and(|c| !c.is_empty()),
+            "{v}"
+        );
+    }
 }
 
 /// Runs `meshpay` and returns its JSON answer, or `None` if it failed (a

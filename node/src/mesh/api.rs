@@ -109,6 +109,23 @@ pub struct LedgerExport {
     pub headers: Vec<ExportedHeader>,
     /// Allowances with a conflict proof against them (hex ids).
     pub conflicted: Vec<String>,
+    /// Every conflict proof held.
+    pub proofs: Vec<ExportedProof>,
+}
+
+/// One conflict proof in an export.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportedProof {
+    /// The culprit's allowance (hex).
+    pub allowance: String,
+    /// "fork", "rewind" or "over-limit".
+    pub kind: &'static str,
+    /// The sequence numbers of the headers it holds.
+    pub seqs: Vec<u32>,
+    /// The proof's hash (hex).
+    pub hash: String,
+    /// The proof, canonically encoded (hex), for anyone to check.
+    pub encoded: String,
 }
 
 /// One header in an export.

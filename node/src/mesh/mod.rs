@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use api::Command;
 pub use api::{
-    ExportedHeader, HistoryEntry, LedgerExport, MeshConfig, MeshError, MeshHandle, MeshPayment,
-    Status,
+    ExportedHeader, ExportedProof, HistoryEntry, LedgerExport, MeshConfig, MeshError, MeshHandle,
+    MeshPayment, Status,
 };
 pub use limits::{PeerLimits, RateLimiter, Verdict};
 pub use wire::{MAX_WIRE_MESSAGE, MeshRequest, MeshResponse, PROTOCOL, WireCodec};
@@ -359,6 +359,21 @@ impl Mesh {
                 })
                 .collect(),
             conflicted,
+            proofs: ledger
+                .proofs()
+                .iter()
+                .map(|p| ExportedProof {
+                    allowance: p.allowance().to_string(),
+                    kind: match p {
+                        ConflictProof::Fork { .. } => "fork",
+                        ConflictProof::Rewind { .. } => "rewind",
+                        ConflictProof::OverLimit { .. } => "over-limit",
+                    },
+                    seqs: p.headers().map(|h| h.seq).collect(),
+                    hash: p.hash().to_string(),
+                    encoded: hex::encode(p.encode()),
+                })
+                .collect(),
         }
     }
 
