@@ -184,6 +184,26 @@ fn valid_cases() -> Vec<Case> {
         },
         &issuer(),
     );
+    // A later acknowledgement: t1 lost to a fork after all, the risk fund
+    // covered 300 of its 450, and a third receipt came too late.
+    let ack_covered = SettlementAck::sign(
+        SettlementAckTerms {
+            serial: 10,
+            issued_at: NOW.plus(60),
+            issuer: issuer().public(),
+            outcomes: BTreeMap::from([
+                (
+                    t1.id(),
+                    Outcome::Covered {
+                        refusal: Refusal::Conflicted,
+                        by_fund: 300,
+                    },
+                ),
+                (t1b.id(), Outcome::Refused(Refusal::Late)),
+            ]),
+        },
+        &issuer(),
+    );
     let mut class_invoice = invoice(450, 0x55);
     class_invoice.credential = Some(Box::new(credential.clone()));
     class_invoice.memo = None;
@@ -280,6 +300,12 @@ fn valid_cases() -> Vec<Case> {
             "settlement-ack",
             &ack,
             signed_extra(&ack, &issuer()),
+        ),
+        valid(
+            "settlement acknowledgement with a covered loss",
+            "settlement-ack",
+            &ack_covered,
+            signed_extra(&ack_covered, &issuer()),
         ),
         valid(
             "message: invoice",
