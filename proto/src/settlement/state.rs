@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Account, BatchReport, LossPolicy, Movement, MovementKind, SettlementConfig,
-    SettlementContext, SettlementError,
+    Account, BatchReport, LossPolicy, Movement, MovementKind, SettlementConfig, SettlementContext,
+    SettlementError,
 };
 use crate::allowance::{Allowance, TrustStore};
 use crate::conflict::{ConflictProof, detect};
@@ -103,7 +103,10 @@ impl AllowanceState {
     /// Takes in an allowance the issuer made, checked with rules
     /// `issuer-trusted` and `issuer-signature`, and the movement that
     /// escrows its amount from the wallet's account.
-    pub fn open(allowance: Allowance, trust: &TrustStore) -> Result<(Self, Movement), PaymentError> {
+    pub fn open(
+        allowance: Allowance,
+        trust: &TrustStore,
+    ) -> Result<(Self, Movement), PaymentError> {
         let allowance = VerifiedAllowance::verify(allowance, trust)?.into_inner();
         let escrow = Movement {
             from: Account::Wallet(allowance.wallet.into()),
@@ -362,7 +365,7 @@ impl AllowanceState {
         if self.closed.is_some() || now <= self.closes_at(config) {
             return None;
         }
-        let refund = self.allowance.amount - self.settled_total();
+        let refund = self.allowance.amount.saturating_sub(self.settled_total());
         self.closed = Some(Closure { at: now, refund });
         (refund > 0).then(|| Movement {
             from: Account::Escrow(self.allowance.id),
