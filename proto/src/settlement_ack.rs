@@ -22,7 +22,8 @@ pub enum Refusal {
     OverEscrow,
     /// A signature did not verify.
     BadSignature,
-    /// The allowance had expired when it was made, or was revoked before.
+    /// It reached settlement before its allowance was valid (rule
+    /// `not-yet-valid`, with the grace period as the tolerance).
     NotValid,
     /// It breaks a cap or the payee restriction.
     OutsideCaps,
