@@ -31,7 +31,7 @@ impl Default for PaymentPolicy {
 }
 
 /// What a node has heard from the mesh, as the payee's check needs it.
-/// The partial ledger implements it; [`KnownHeaders`] is a plain one.
+/// The partial ledger implements it; [`KnownHeaders`](crate::known::KnownHeaders) is a plain one.
 pub trait MeshView {
     /// Whether a revocation list the node holds names the allowance or its
     /// wallet.

@@ -130,6 +130,18 @@ fn at(secs: u64) -> Timestamp {
     NOW.plus(secs)
 }
 
+/// Two receipts for sequence number 1 to two payees: (the one with the
+/// smaller transfer id, the other).
+fn fork() -> (Receipt, Receipt) {
+    let a = receipt_to(&payee(), 1, 450, 450, 1);
+    let b = receipt_to(&key(4), 1, 450, 450, 2);
+    if a.transfer.id() < b.transfer.id() {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
 #[test]
 fn honest_receipts_settle_and_credit_the_payee() {
     let mut s = Service::with(&[allowance()], SettlementConfig::default());
@@ -178,13 +190,7 @@ fn a_receipt_sent_again_settles_once() {
 
 #[test]
 fn a_fork_is_won_by_the_smaller_transfer_id_in_either_order() {
-    let a = receipt_to(&payee(), 1, 450, 450, 1);
-    let b = receipt_to(&key(4), 1, 450, 450, 2);
-    let (winner, loser) = if a.transfer.id() < b.transfer.id() {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (winner, loser) = fork();
     let payee_of = |r: &Receipt| Account::Wallet(r.transfer.body().payee);
     for order in [[&winner, &loser], [&loser, &winner]] {
         let mut s = Service::with(&[allowance()], SettlementConfig::default());
@@ -253,13 +259,7 @@ fn the_escrow_is_never_exceeded_and_later_receipts_still_fit() {
 
 #[test]
 fn the_loss_policy_decides_who_bears_a_lost_fork() {
-    let a = receipt_to(&payee(), 1, 450, 450, 1);
-    let b = receipt_to(&key(4), 1, 450, 450, 2);
-    let (winner, loser) = if a.transfer.id() < b.transfer.id() {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (winner, loser) = fork();
     let loser_account = Account::Wallet(loser.transfer.body().payee);
 
     // The payee bears it: nothing for the loser.
@@ -312,6 +312,11 @@ fn unspent_escrow_is_refunded_after_expiry_and_grace() {
     assert_eq!(refund.kind, MovementKind::Refund);
     assert_eq!(refund.amount, 10_000 - 950);
     assert_eq!(state.close(last_instant.plus(2), &s.config), None, "once");
+    let lines: Vec<StatementLine> = refund.statement_lines().collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].wallet, KeyBytes::from(payer().public()));
+    assert_eq!(lines[0].direction, Direction::In);
+    assert_eq!(lines[0].amount, 10_000 - 950);
     s.apply(&[refund]);
     assert_eq!(s.balance(escrow_a1()), 0);
     assert_eq!(s.balance(wallet_of(&payer())), 10_000 - 950);
@@ -436,15 +441,7 @@ fn caps_and_the_payee_restriction_are_checked_again() {
         refused.receipts[0].outcome,
         Outcome::Refused(Refusal::OutsideCaps)
     );
-    let credential = PayeeCredential::sign(
-        PayeeCredentialTerms {
-            payee: payee().public(),
-            class: 7,
-            expires_at: NOW.plus(30 * 86_400),
-            issuer: issuer().public(),
-        },
-        &issuer(),
-    );
+    let credential = payee_credential(7);
     s.credentials.insert(payee().public(), credential);
     let settled = s.ingest(&[r], at(120));
     assert_eq!(settled.receipts[0].outcome, Outcome::Settled);

@@ -145,15 +145,7 @@ fn valid_cases() -> Vec<Case> {
         },
         &issuer(),
     );
-    let credential = PayeeCredential::sign(
-        PayeeCredentialTerms {
-            payee: payee().public(),
-            class: 7,
-            expires_at: NOW.plus(30 * 86_400),
-            issuer: issuer().public(),
-        },
-        &issuer(),
-    );
+    let credential = payee_credential(7);
     let revocations = RevocationList::sign(
         RevocationListTerms {
             version: 3,

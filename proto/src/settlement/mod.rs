@@ -234,7 +234,7 @@ pub struct Movement {
     pub from: Account,
     /// Credited account.
     pub to: Account,
-    /// Minor units, never zero.
+    /// Minor units; never zero, except the escrow of an allowance of zero.
     pub amount: u64,
     /// Why.
     pub kind: MovementKind,

@@ -21,9 +21,9 @@ use crate::validate::{
     PaymentError, VerifiedAllowance, check_limits, check_payee_admitted, check_validity_window,
 };
 
-/// One valid receipt held for an allowance, without its signatures'
-/// second copy: the header (with the payer's signature, as evidence) and
-/// the payee it pays.
+/// One valid receipt held for an allowance: the payer-signed header (kept
+/// as evidence), the payee it pays, and its outcome. The payee's signature
+/// was checked on the way in and is not kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
     header: SignedHeader,
