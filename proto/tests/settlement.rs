@@ -372,6 +372,16 @@ fn bad_signatures_in_a_batch_are_pinpointed() {
     t[last] ^= 1;
     rs[1].transfer = Transfer::decode(&t).expect("still decodes");
     rs[3].payee_signature.0[0] ^= 1;
+    // Receipt 7 names a payee whose bytes are no valid key (y >= p).
+    let body = TransferBody {
+        payee: KeyBytes([0xff; 32]),
+        nonce: Nonce([7; 16]),
+        payer_time: NOW,
+    };
+    rs.push(Receipt {
+        transfer: Transfer::sign(AllowanceId([0xA1; 16]), 7, 700, 100, body, &payer()),
+        payee_signature: Signature([0; 64]),
+    });
     for mode in [SignatureCheck::Batch, SignatureCheck::Strict] {
         let config = SettlementConfig {
             signature_check: mode,
@@ -388,7 +398,7 @@ fn bad_signatures_in_a_batch_are_pinpointed() {
                         Some(SettlementError::Check(PaymentError::BadPayerSignature))
                     );
                 }
-                3 => {
+                3 | 6 => {
                     assert_eq!(r.outcome, Outcome::Refused(Refusal::BadSignature));
                     assert_eq!(r.error, Some(SettlementError::BadPayeeSignature));
                 }

@@ -41,10 +41,12 @@
 //! assert_eq!(escrowed.kind, MovementKind::Escrow);
 //! let mut states = BTreeMap::from([(state.allowance().id, state)]);
 //!
-//! // A receipt arrives (made offline earlier).
+//! // A receipt arrives (made offline earlier); a backend would load the
+//! // states of `allowances_named(&batch)` here.
 //! let body = TransferBody { payee: payee.public().into(), nonce: Nonce([9; 16]), payer_time: now };
 //! let transfer = Transfer::sign(AllowanceId([1; 16]), 1, 450, 450, body, &payer);
 //! let receipt = Receipt::acknowledge(transfer, &payee);
+//! assert!(allowances_named(&[receipt.clone()]).contains(&AllowanceId([1; 16])));
 //! let report = ingest_batch(&mut states, &[receipt.clone()], now.plus(60), &ctx);
 //! assert_eq!(report.receipts[0].outcome, Outcome::Settled);
 //! assert_eq!(report.movements[0].amount, 450);
@@ -381,6 +383,15 @@ impl BatchReport {
             .flat_map(Movement::statement_lines)
             .collect()
     }
+}
+
+/// The allowances a batch of receipts names: the states a backend loads
+/// before [`ingest_batch`] and stores back after it.
+pub fn allowances_named(receipts: &[Receipt]) -> BTreeSet<AllowanceId> {
+    receipts
+        .iter()
+        .map(|r| r.transfer.header().allowance)
+        .collect()
 }
 
 /// Settles a batch of receipts that arrived at `now`.
