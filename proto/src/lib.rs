@@ -1,9 +1,9 @@
 //! # meshpay-proto
 //!
 //! The meshpay payment protocol with no I/O: objects and their canonical
-//! encoding, the payee's offline check, and the payment handshake as two
-//! state machines. The node, the simulator, the tests and the benchmarks
-//! all run this same code.
+//! encoding, the payee's offline check, the payment handshake as two
+//! state machines, and the settlement rules ([`settlement`]). The node,
+//! the simulator, the tests and the benchmarks all run this same code.
 //!
 //! Nothing here reads a clock, touches a file or socket, or draws global
 //! randomness: time and randomness are arguments, messages go in and out
@@ -72,6 +72,7 @@ pub mod handshake;
 pub mod known;
 pub mod ledger;
 pub mod revocation;
+pub mod settlement;
 pub mod settlement_ack;
 pub mod signed;
 pub mod sync;

@@ -22,10 +22,27 @@ pub enum Refusal {
     OverEscrow,
     /// A signature did not verify.
     BadSignature,
-    /// The allowance had expired when it was made, or was revoked before.
+    /// It reached settlement before its allowance was valid (rule
+    /// `not-yet-valid`, with the grace period as the tolerance).
     NotValid,
     /// It breaks a cap or the payee restriction.
     OutsideCaps,
+    /// It reached settlement after its allowance closed (expiry, or a
+    /// lost-device report, plus the grace period) and the unspent escrow
+    /// was returned to the wallet.
+    Late,
+    /// Settlement holds no allowance with the id the transfer names.
+    UnknownAllowance,
+}
+
+impl Refusal {
+    /// Whether the refusal is a loss from the payer's double spending (a
+    /// lost fork, or an escrow used up by a rewound counter): the payee's
+    /// offline check could not have caught it, so the loss policy decides
+    /// who bears it. Every other refusal is the payee's to bear.
+    pub fn is_conflict_loss(self) -> bool {
+        matches!(self, Refusal::Conflicted | Refusal::OverEscrow)
+    }
 }
 
 /// The fate of one receipt.
@@ -35,6 +52,27 @@ pub enum Outcome {
     Settled,
     /// Refused, with the reason.
     Refused(Refusal),
+    /// Refused for a conflict loss ([`Refusal::is_conflict_loss`]), and the
+    /// issuer's risk fund paid `by_fund` of the amount to the payee; the
+    /// payee bears the rest.
+    Covered {
+        /// [`Refusal::Conflicted`] or [`Refusal::OverEscrow`].
+        refusal: Refusal,
+        /// What the risk fund paid, at most the transfer's amount.
+        by_fund: u64,
+    },
+}
+
+impl Outcome {
+    /// How much of a transfer of `amount` reached the payee: all of it when
+    /// settled, the fund's part when covered, nothing when refused.
+    pub fn paid(&self, amount: u64) -> u64 {
+        match self {
+            Outcome::Settled => amount,
+            Outcome::Covered { by_fund, .. } => *by_fund,
+            Outcome::Refused(_) => 0,
+        }
+    }
 }
 
 /// A batch of outcomes signed by the issuer.

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::allowance::{Allowance, AllowanceId, Restriction, TrustStore};
+use crate::allowance::{Allowance, AllowanceId, PayeeCredential, Restriction, TrustStore};
 use crate::conflict::{ConflictProof, detect};
 use crate::crypto::PublicKey;
 use crate::time::Timestamp;
@@ -31,7 +31,7 @@ impl Default for PaymentPolicy {
 }
 
 /// What a node has heard from the mesh, as the payee's check needs it.
-/// The partial ledger implements it; [`KnownHeaders`] is a plain one.
+/// The partial ledger implements it; [`KnownHeaders`](crate::known::KnownHeaders) is a plain one.
 pub trait MeshView {
     /// Whether a revocation list the node holds names the allowance or its
     /// wallet.
@@ -482,13 +482,34 @@ pub fn check_restriction(
     now: Timestamp,
     policy: &PaymentPolicy,
 ) -> Result<(), PaymentError> {
+    check_payee_admitted(
+        allowance,
+        &invoice.payee,
+        invoice.credential.as_deref(),
+        trust,
+        now,
+        policy,
+    )
+}
+
+/// Rule `payee-allowed` for a payee and the credential it presents (the
+/// invoice's on the payee's device; the issuer's own records at
+/// settlement).
+pub fn check_payee_admitted(
+    allowance: &Allowance,
+    payee: &PublicKey,
+    credential: Option<&PayeeCredential>,
+    trust: &TrustStore,
+    now: Timestamp,
+    policy: &PaymentPolicy,
+) -> Result<(), PaymentError> {
     match &allowance.restriction {
         None => Ok(()),
-        Some(Restriction::Payees(set)) if set.contains(&invoice.payee) => Ok(()),
+        Some(Restriction::Payees(set)) if set.contains(payee) => Ok(()),
         Some(Restriction::Payees(_)) => Err(PaymentError::PayeeNotAllowed),
         Some(Restriction::PayeeClass(class)) => {
-            let ok = invoice.credential.as_ref().is_some_and(|c| {
-                c.payee == invoice.payee
+            let ok = credential.is_some_and(|c| {
+                c.payee == *payee
                     && c.class == *class
                     && now.minus(policy.clock_skew_secs) <= c.expires_at
                     && trust.is_issuer_at(&c.issuer, now)

@@ -145,15 +145,7 @@ fn valid_cases() -> Vec<Case> {
         },
         &issuer(),
     );
-    let credential = PayeeCredential::sign(
-        PayeeCredentialTerms {
-            payee: payee().public(),
-            class: 7,
-            expires_at: NOW.plus(30 * 86_400),
-            issuer: issuer().public(),
-        },
-        &issuer(),
-    );
+    let credential = payee_credential(7);
     let revocations = RevocationList::sign(
         RevocationListTerms {
             version: 3,
@@ -180,6 +172,26 @@ fn valid_cases() -> Vec<Case> {
             outcomes: BTreeMap::from([
                 (t1.id(), Outcome::Settled),
                 (t1b.id(), Outcome::Refused(Refusal::Conflicted)),
+            ]),
+        },
+        &issuer(),
+    );
+    // A later acknowledgement: t1 lost to a fork after all, the risk fund
+    // covered 300 of its 450, and a third receipt came too late.
+    let ack_covered = SettlementAck::sign(
+        SettlementAckTerms {
+            serial: 10,
+            issued_at: NOW.plus(60),
+            issuer: issuer().public(),
+            outcomes: BTreeMap::from([
+                (
+                    t1.id(),
+                    Outcome::Covered {
+                        refusal: Refusal::Conflicted,
+                        by_fund: 300,
+                    },
+                ),
+                (t1b.id(), Outcome::Refused(Refusal::Late)),
             ]),
         },
         &issuer(),
@@ -280,6 +292,12 @@ fn valid_cases() -> Vec<Case> {
             "settlement-ack",
             &ack,
             signed_extra(&ack, &issuer()),
+        ),
+        valid(
+            "settlement acknowledgement with a covered loss",
+            "settlement-ack",
+            &ack_covered,
+            signed_extra(&ack_covered, &issuer()),
         ),
         valid(
             "message: invoice",

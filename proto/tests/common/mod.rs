@@ -58,6 +58,19 @@ pub fn trust() -> TrustStore {
     TrustStore::new(issuer().public())
 }
 
+/// The fixture payee's credential for `class`, valid for 30 days.
+pub fn payee_credential(class: u32) -> PayeeCredential {
+    PayeeCredential::sign(
+        PayeeCredentialTerms {
+            payee: payee().public(),
+            class,
+            expires_at: NOW.plus(30 * 86_400),
+            issuer: issuer().public(),
+        },
+        &issuer(),
+    )
+}
+
 pub fn invoice(amount: u64, nonce: u8) -> Invoice {
     Invoice {
         payee: payee().public(),
