@@ -20,7 +20,9 @@ pub enum Refusal {
     Conflicted,
     /// Settling it would exceed the escrow.
     OverEscrow,
-    /// A signature did not verify.
+    /// A signature did not verify. Said only to whoever submitted that
+    /// copy, never in an acknowledgement: the transfer id does not cover
+    /// the signatures (docs/protocol.md, 11.9).
     BadSignature,
     /// It reached settlement before its allowance was valid (rule
     /// `not-yet-valid`, with the grace period as the tolerance).

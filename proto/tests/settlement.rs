@@ -189,6 +189,28 @@ fn a_receipt_sent_again_settles_once() {
 }
 
 #[test]
+fn a_damaged_copy_does_not_block_the_genuine_receipt() {
+    let genuine = receipt(1, 450, 450, 1);
+    let mut damaged = genuine.clone();
+    damaged.payee_signature.0[10] ^= 1;
+    assert_eq!(damaged.transfer.id(), genuine.transfer.id());
+
+    let mut s = Service::with(&[allowance()], SettlementConfig::default());
+    let first = s.ingest(&[damaged.clone(), genuine.clone()], at(60));
+    assert_eq!(
+        first.receipts[0].outcome,
+        Outcome::Refused(Refusal::BadSignature)
+    );
+    assert_eq!(first.receipts[1].outcome, Outcome::Settled);
+    assert_eq!(first.outcomes()[&genuine.transfer.id()], Outcome::Settled);
+    // Once the genuine one is held, a damaged copy is only a duplicate.
+    let later = s.ingest(&[damaged], at(120));
+    assert!(later.receipts[0].duplicate);
+    assert_eq!(later.receipts[0].outcome, Outcome::Settled);
+    assert_eq!(s.balance(wallet_of(&payee())), 450);
+}
+
+#[test]
 fn a_fork_is_won_by_the_smaller_transfer_id_in_either_order() {
     let (winner, loser) = fork();
     let payee_of = |r: &Receipt| Account::Wallet(r.transfer.body().payee);
@@ -406,6 +428,12 @@ fn bad_signatures_in_a_batch_are_pinpointed() {
             }
         }
         assert!(report.proofs.is_empty(), "a forged header proves nothing");
+        // The acknowledgement names the settled ones, and not the ids of
+        // the bad copies: a genuine copy of them may still come.
+        let ack = report.outcomes();
+        assert_eq!(ack.len(), 4);
+        assert!(ack.values().all(|o| *o == Outcome::Settled));
+        assert!(!ack.contains_key(&rs[1].transfer.id()));
         assert_eq!(s.balance(wallet_of(&payee())), 400);
     }
 }

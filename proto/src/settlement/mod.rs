@@ -376,6 +376,27 @@ pub struct BatchReport {
 }
 
 impl BatchReport {
+    /// What the next settlement acknowledgement says about this batch: the
+    /// outcome of every submitted receipt (duplicates included, since the
+    /// payee may have missed the earlier acknowledgement) and of every
+    /// held receipt whose outcome changed, where the held claim's outcome
+    /// wins.
+    ///
+    /// A [`Refusal::BadSignature`] is left out: the transfer id does not
+    /// cover the signatures, so it says nothing about another copy of the
+    /// same transfer, and an acknowledgement naming the id would make
+    /// nodes drop the genuine receipt.
+    pub fn outcomes(&self) -> BTreeMap<TransferId, Outcome> {
+        let mut outcomes: BTreeMap<TransferId, Outcome> = self
+            .receipts
+            .iter()
+            .filter(|r| r.outcome != Outcome::Refused(Refusal::BadSignature))
+            .map(|r| (r.transfer, r.outcome))
+            .collect();
+        outcomes.extend(self.changed.iter().copied());
+        outcomes
+    }
+
     /// The statement lines of every movement.
     pub fn statement_lines(&self) -> Vec<StatementLine> {
         self.movements

@@ -152,8 +152,7 @@ impl AllowanceState {
         self.claims
             .values()
             .filter(|c| c.outcome == Some(Outcome::Settled))
-            .map(|c| c.header.amount)
-            .sum()
+            .fold(0u64, |total, c| total.saturating_add(c.header.amount))
     }
 
     /// The proof that the wallet double-spent on this allowance, if one was
