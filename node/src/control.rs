@@ -27,9 +27,11 @@ use serde_json::{Value, json};
 
 use crate::mesh::{MeshError, MeshHandle};
 
-type Reply = (StatusCode, Json<Value>);
+/// An answer: status and JSON body.
+pub(crate) type Reply = (StatusCode, Json<Value>);
 
-fn bad(message: impl ToString) -> Reply {
+/// 400 with `{"error": message}`.
+pub(crate) fn bad(message: impl ToString) -> Reply {
     (
         StatusCode::BAD_REQUEST,
         Json(json!({ "error": message.to_string() })),
@@ -44,7 +46,8 @@ fn failed(e: MeshError) -> Reply {
     (code, Json(json!({ "error": e.to_string() })))
 }
 
-fn ok(v: impl serde::Serialize) -> Reply {
+/// 200 with `v`.
+pub(crate) fn ok(v: impl serde::Serialize) -> Reply {
     match serde_json::to_value(v) {
         Ok(v) => (StatusCode::OK, Json(v)),
         Err(e) => (
@@ -91,10 +94,11 @@ struct AllowanceBody {
     allowance: String,
 }
 
-type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+/// A JSON body or why it is not one.
+pub(crate) type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 /// The JSON body, or a 400 naming what is wrong with it.
-fn parse_body<T>(b: Body<T>) -> Result<T, Reply> {
+pub(crate) fn parse_body<T>(b: Body<T>) -> Result<T, Reply> {
     b.map(|Json(t)| t).map_err(|e| bad(e.body_text()))
 }
 

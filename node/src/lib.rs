@@ -18,6 +18,7 @@ pub mod keyfile;
 pub mod local;
 pub mod mesh;
 pub mod node;
+pub mod settlement;
 pub mod store;
 
 /// The operating system's random number generator failed.

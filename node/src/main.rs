@@ -171,6 +171,11 @@ enum Command {
         #[command(subcommand)]
         action: IssuerAction,
     },
+    /// The settlement service (the issuer's side, online).
+    Settlement {
+        #[command(subcommand)]
+        action: SettlementAction,
+    },
     /// Run the whole story on this machine: allowances, offline payments,
     /// a network split, a cloned wallet spending twice, the mesh catching
     /// it, and the culprit refused everywhere.
@@ -182,6 +187,31 @@ enum Command {
         /// temporary one, removed afterwards).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettlementAction {
+    /// Serve the settlement HTTP API until interrupted (OpenAPI document at
+    /// /v1/openapi.json).
+    Serve {
+        /// Where the redb database (settlement.redb) and settlement.addr go.
+        #[arg(long, env = "MESHPAY_SETTLEMENT_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The issuer key file (`meshpay issuer new`): signs allowances,
+        /// acknowledgements and revocation lists.
+        #[arg(long, value_name = "FILE")]
+        issuer_key: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+        /// Use PostgreSQL instead of redb: postgres://user:pass@host/db.
+        #[arg(long, env = "MESHPAY_DATABASE", value_name = "URL")]
+        database: Option<String>,
+        /// A file holding the bearer token that authorises deposits
+        /// (without it, deposits are refused).
+        #[arg(long, value_name = "FILE")]
+        operator_token_file: Option<PathBuf>,
     },
 }
 
@@ -341,6 +371,22 @@ fn main() -> ExitCode {
         } => control_call(&dir, "POST", "/v1/allowances", Some(&json!({ "allowance": allowance }))).map(|_| ()),
         Command::Issuer { action } => issuer(action),
         Command::Demo { json, data_dir } => return demo(json, data_dir),
+        Command::Settlement {
+            action:
+                SettlementAction::Serve {
+                    data_dir,
+                    issuer_key,
+                    listen,
+                    database,
+                    operator_token_file,
+                },
+        } => serve_settlement(
+            &data_dir,
+            &issuer_key,
+            &listen,
+            database.as_deref(),
+            operator_token_file.as_deref(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -526,13 +572,7 @@ fn issuer(action: IssuerAction) -> Result<(), String> {
             max_per_payment,
             max_payments,
         } => {
-            let text =
-                std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-            let seed: [u8; 32] = hex::decode(text.trim())
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| format!("{}: expected 64 hex digits", key.display()))?;
-            let issuer = SecretKey::from_seed(&seed);
+            let issuer = read_issuer_key(&key)?;
             let wallet = parse_public_key("--wallet", &wallet).map_err(|e| e.to_string())?;
             let currency =
                 Currency::new(&currency).ok_or("--currency must be three upper-case letters")?;
@@ -564,6 +604,66 @@ fn issuer(action: IssuerAction) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Reads an issuer key file (`meshpay issuer new` writes one).
+fn read_issuer_key(path: &std::path::Path) -> Result<SecretKey, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let seed: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("{}: expected 64 hex digits", path.display()))?;
+    Ok(SecretKey::from_seed(&seed))
+}
+
+fn serve_settlement(
+    data_dir: &std::path::Path,
+    issuer_key: &std::path::Path,
+    listen: &str,
+    database: Option<&str>,
+    operator_token_file: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use meshpay_node::settlement::{Kv, PgKv, RedbKv, Service, http};
+    let issuer = read_issuer_key(issuer_key)?;
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("bad --listen {listen:?}: {e}"))?;
+    let token = operator_token_file
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("{}: {e}", f.display()))
+        })
+        .transpose()?;
+    if token.as_deref() == Some("") {
+        return Err("the operator token file is empty".into());
+    }
+    let kv: Box<dyn Kv> = match database {
+        Some(url) => Box::new(PgKv::connect(url).map_err(|e| e.to_string())?),
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+            Box::new(RedbKv::open(&data_dir.join("settlement.redb")).map_err(|e| e.to_string())?)
+        }
+    };
+    let service = Service::open(kv, issuer, Default::default()).map_err(|e| e.to_string())?;
+    let where_ = service.describe();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let app = http::AppState::new(service, token);
+        let bound = http::serve(addr, app, Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let file = data_dir.join("settlement.addr");
+        if std::fs::create_dir_all(data_dir).is_ok() {
+            let _ = std::fs::write(&file, bound.to_string());
+        }
+        tracing::info!(%bound, storage = %where_, "settlement service running");
+        eprintln!("meshpay settlement service on http://{bound} ({where_}); Ctrl-C stops it");
+        tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&file);
+        Ok(())
+    })
 }
 
 fn demo(json: bool, data_dir: Option<PathBuf>) -> ExitCode {

@@ -79,6 +79,7 @@ pub mod sync;
 pub mod time;
 pub mod transfer;
 pub mod validate;
+pub mod wallet_request;
 
 /// The names most users need, in one import.
 pub mod prelude {

@@ -9,6 +9,7 @@
 //! noise handshake, which is slower than the refill.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
 use libp2p::PeerId;
 
@@ -94,14 +95,15 @@ struct PeerBuckets {
     strikes: u32,
 }
 
-/// The buckets of every connected peer.
-#[derive(Debug, Default)]
-pub struct RateLimiter {
+/// The buckets of every connected peer (or, for the settlement service,
+/// every client address).
+#[derive(Debug)]
+pub struct RateLimiter<K = PeerId> {
     limits: PeerLimits,
-    peers: HashMap<PeerId, PeerBuckets>,
+    peers: HashMap<K, PeerBuckets>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     /// A limiter applying `limits` to each peer.
     pub fn new(limits: PeerLimits) -> Self {
         RateLimiter {
@@ -111,7 +113,7 @@ impl RateLimiter {
     }
 
     /// Charges `peer` one request of `bytes` at `now_ms`.
-    pub fn check(&mut self, peer: PeerId, bytes: u64, now_ms: u64) -> Verdict {
+    pub fn check(&mut self, peer: K, bytes: u64, now_ms: u64) -> Verdict {
         let l = self.limits;
         let p = self.peers.entry(peer).or_insert_with(|| PeerBuckets {
             requests: Bucket::full(l.request_burst, now_ms),
@@ -136,7 +138,7 @@ impl RateLimiter {
     }
 
     /// Forgets a peer whose connections all closed.
-    pub fn forget(&mut self, peer: &PeerId) {
+    pub fn forget(&mut self, peer: &K) {
         self.peers.remove(peer);
     }
 
