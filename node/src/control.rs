@@ -97,9 +97,12 @@ struct AllowanceBody {
 /// A JSON body or why it is not one.
 pub(crate) type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
-/// The JSON body, or a 400 naming what is wrong with it.
+/// The JSON body, or a 4xx naming what is wrong with it.
 pub(crate) fn parse_body<T>(b: Body<T>) -> Result<T, Reply> {
-    b.map(|Json(t)| t).map_err(|e| bad(e.body_text()))
+    b.map(|Json(t)| t).map_err(|e| {
+        // 400, 415, 422, or 413 for a body over the limit.
+        (e.status(), Json(json!({ "error": e.body_text() })))
+    })
 }
 
 async fn status(State(h): State<MeshHandle>) -> Reply {
