@@ -39,28 +39,29 @@ fn serve(dir: &Path) -> Served {
         .append(true)
         .open(dir.join("service.log"))
         .expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_meshpay"))
-        .args(["settlement", "serve", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--issuer-key")
-        .arg(&issuer_key)
-        .arg("--operator-token-file")
-        .arg(dir.join("token"))
-        .env_remove("MESHPAY_DATABASE")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("service starts");
+    let mut served = Served {
+        child: Command::new(env!("CARGO_BIN_EXE_meshpay"))
+            .args(["settlement", "serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--issuer-key")
+            .arg(&issuer_key)
+            .arg("--operator-token-file")
+            .arg(dir.join("token"))
+            .env_remove("MESHPAY_DATABASE")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("service starts"),
+        addr: String::new(),
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(a) = std::fs::read_to_string(&addr_file)
             && !a.is_empty()
         {
-            return Served {
-                child,
-                addr: a.trim().to_string(),
-            };
+            served.addr = a.trim().to_string();
+            return served;
         }
         assert!(Instant::now() < deadline, "the service did not start");
         std::thread::sleep(Duration::from_millis(20));
