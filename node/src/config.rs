@@ -35,6 +35,10 @@ pub struct Config {
     /// Seconds between periodic syncs.
     #[serde(default = "default_sync")]
     pub sync_interval_secs: u64,
+    /// The settlement service (`http://host:port`); when set this node is a
+    /// gateway whenever the service answers.
+    #[serde(default)]
+    pub settlement: Option<String>,
 }
 
 /// Listen on every interface, TCP and QUIC, on ports the system picks.

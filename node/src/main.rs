@@ -41,6 +41,10 @@ struct Net {
     /// Control API address (loopback only; overrides config.toml).
     #[arg(long, value_name = "ADDR")]
     control: Option<String>,
+    /// The settlement service, http://host:port: this node uploads what it
+    /// holds whenever the service answers (overrides config.toml).
+    #[arg(long, env = "MESHPAY_SETTLEMENT", value_name = "URL")]
+    settlement: Option<String>,
 }
 
 /// Where a sealed wallet key's passphrase comes from: a file, the
@@ -249,6 +253,36 @@ enum AllowanceAction {
         /// The allowance, hex.
         allowance: String,
     },
+    /// Load an allowance online: ask the settlement service to escrow
+    /// `amount` from this wallet's account (a request signed by the wallet
+    /// key), then give it to the node (running or not).
+    Load {
+        #[command(flatten)]
+        dir: Dir,
+        /// The settlement service, http://host:port.
+        #[arg(long, env = "MESHPAY_SETTLEMENT", value_name = "URL")]
+        settlement: String,
+        /// Amount, e.g. 100.00.
+        #[arg(long)]
+        amount: String,
+        /// Currency or voucher code.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// Days until it expires.
+        #[arg(long, default_value_t = 7)]
+        days: u64,
+        /// Largest single payment, e.g. 50.00.
+        #[arg(long, default_value = "50.00")]
+        max_per_payment: String,
+        /// Most payments.
+        #[arg(long, default_value_t = 100)]
+        max_payments: u32,
+        #[command(flatten)]
+        unlock: Unlock,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -369,6 +403,28 @@ fn main() -> ExitCode {
         Command::Allowance {
             action: AllowanceAction::Add { dir, allowance },
         } => control_call(&dir, "POST", "/v1/allowances", Some(&json!({ "allowance": allowance }))).map(|_| ()),
+        Command::Allowance {
+            action:
+                AllowanceAction::Load {
+                    dir,
+                    settlement,
+                    amount,
+                    currency,
+                    days,
+                    max_per_payment,
+                    max_payments,
+                    unlock,
+                    json,
+                },
+        } => (|| {
+            let caps = Caps {
+                max_per_payment: parse_amount(&max_per_payment)?,
+                max_payments,
+            };
+            let currency =
+                Currency::new(&currency).ok_or("--currency must be three upper-case letters")?;
+            load_allowance(&dir, &settlement, parse_amount(&amount)?, currency, days, caps, &unlock, json)
+        })(),
         Command::Issuer { action } => issuer(action),
         Command::Demo { json, data_dir } => return demo(json, data_dir),
         Command::Settlement {
@@ -467,6 +523,7 @@ fn init(dir: &Dir, issuer: String, net: &Net, seal: Option<&Unlock>) -> Result<(
         mdns: !net.no_mdns,
         control: net.control.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
         sync_interval_secs: 10,
+        settlement: net.settlement.clone(),
     };
     if !net.listen.is_empty() {
         config.listen = net.listen.clone();
@@ -529,6 +586,13 @@ fn run_node(
         sync_interval: Duration::from_secs(
             sync_interval.unwrap_or(config.sync_interval_secs).max(1),
         ),
+        settlement: match net.settlement.clone().or(config.settlement) {
+            Some(url) => {
+                meshpay_node::settlement::client::authority(&url).map_err(|e| e.to_string())?;
+                Some(url)
+            }
+            None => None,
+        },
         ..MeshConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
@@ -604,6 +668,85 @@ fn issuer(action: IssuerAction) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_allowance(
+    dir: &Dir,
+    url: &str,
+    amount: u64,
+    currency: Currency,
+    days: u64,
+    caps: Caps,
+    unlock: &Unlock,
+    json: bool,
+) -> Result<(), String> {
+    use meshpay_proto::wallet_request::{WalletAction, WalletRequest, WalletRequestTerms};
+    let data = DataDir(dir.data_dir.clone());
+    let key = unlock.key(&data)?;
+    let mut nonce = [0u8; 16];
+    rand::Rng::fill_bytes(
+        &mut meshpay_node::os_rng().map_err(|e| e.to_string())?,
+        &mut nonce,
+    );
+    let request = WalletRequest::sign(
+        WalletRequestTerms {
+            wallet: key.public(),
+            nonce: meshpay_proto::transfer::Nonce(nonce),
+            at: meshpay_node::mesh::wall_clock(),
+            action: WalletAction::Issue {
+                amount,
+                currency,
+                valid_secs: days.saturating_mul(86_400),
+                caps,
+            },
+        },
+        &key,
+    );
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let answer = runtime
+        .block_on(meshpay_node::settlement::client::call(
+            url,
+            "POST",
+            "/v1/allowances",
+            Some(&json!({ "request": hex::encode(request.encode()) })),
+            Duration::from_secs(30),
+        ))
+        .map_err(|e| e.to_string())?;
+    let hex_allowance = answer["allowance"]
+        .as_str()
+        .ok_or("no allowance in the answer")?;
+    let allowance = hex::decode(hex_allowance)
+        .map_err(|e| e.to_string())
+        .and_then(|b| Allowance::decode(&b).map_err(|e| e.to_string()))?;
+    if allowance.wallet != key.public() {
+        return Err("the service issued an allowance for another wallet".into());
+    }
+    // To the running node, or straight into its database.
+    if data.control_file().exists() {
+        control_call(
+            dir,
+            "POST",
+            "/v1/allowances",
+            Some(&json!({ "allowance": hex_allowance })),
+        )?;
+    } else {
+        let config = data.config().map_err(|e| e.to_string())?;
+        let issuer = parse_public_key("issuer", &config.issuer).map_err(|e| e.to_string())?;
+        let mut node = Node::open("node", &data.database(), key, TrustStore::new(issuer))
+            .map_err(|e| e.to_string())?;
+        node.add_allowance(allowance.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    if json {
+        println!("{answer}");
+    } else {
+        println!(
+            "allowance {} loaded: {} until {}",
+            allowance.id, answer["amount"], answer["expires_at"]
+        );
+    }
+    Ok(())
 }
 
 /// Reads an issuer key file (`meshpay issuer new` writes one).

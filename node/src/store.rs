@@ -77,6 +77,9 @@ pub enum Role {
     Paid,
     /// This node was paid.
     Received,
+    /// Carried for others, to relay to settlement; dropped once
+    /// settlement acknowledges it.
+    Carried,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -378,7 +381,30 @@ impl Store {
         self.read(RECEIPTS, id.as_bytes(), "receipts", decode_receipt)
     }
 
-    /// Every receipt this node is party to.
+    /// Drops a carried receipt (settlement acknowledged it). Receipts this
+    /// node is party to are never dropped.
+    pub fn drop_carried(&self, ids: &[TransferId]) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        self.write(|tx| {
+            let mut t = tx.open_table(RECEIPTS)?;
+            for id in ids {
+                let carried = t
+                    .get(id.as_bytes().as_slice())?
+                    .map(|v| decode_receipt(v.value()))
+                    .transpose()
+                    .map_err(std::io::Error::other)?
+                    .is_some_and(|(_, role)| role == Role::Carried);
+                if carried {
+                    t.remove(id.as_bytes().as_slice())?;
+                    dropped += 1;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(dropped)
+    }
+
+    /// Every receipt this node holds: its own and those it carries.
     pub fn receipts(&self) -> Result<Vec<(Receipt, Role)>, StoreError> {
         self.all(RECEIPTS, "receipts", decode_receipt)
     }

@@ -23,6 +23,10 @@ pub struct MeshConfig {
     pub sync_interval: Duration,
     /// What one peer may ask of this node.
     pub limits: super::limits::PeerLimits,
+    /// The settlement service (`http://host:port`): when set, this node is
+    /// a gateway and uploads the receipts it holds whenever the service is
+    /// reachable, then brings back acknowledgements and revocations.
+    pub settlement: Option<String>,
 }
 
 impl Default for MeshConfig {
@@ -33,6 +37,7 @@ impl Default for MeshConfig {
             mdns: true,
             sync_interval: Duration::from_secs(10),
             limits: super::limits::PeerLimits::default(),
+            settlement: None,
         }
     }
 }
@@ -79,6 +84,13 @@ pub struct Status {
     pub proofs: usize,
     /// Sync sessions completed.
     pub syncs_completed: u64,
+    /// Receipts held that settlement has not acknowledged (own and
+    /// carried): what this node would upload or hand to a gateway.
+    pub outbox: usize,
+    /// Receipts carried for others.
+    pub carried: usize,
+    /// Successful uploads to settlement (gateways only).
+    pub uplinks: u64,
 }
 
 /// One receipt this node is party to.
@@ -184,6 +196,8 @@ pub(super) enum Command {
     SyncNow,
     Dial(Multiaddr),
     Disconnect(PeerId),
+    /// What a gateway's trip to settlement brought back.
+    Uplink(Result<super::relay::Uplink, String>),
     Stop,
 }
 

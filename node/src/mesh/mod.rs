@@ -8,9 +8,10 @@
 
 mod api;
 mod limits;
+pub mod relay;
 mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -36,6 +37,7 @@ pub use limits::{PeerLimits, RateLimiter, Verdict};
 pub use wire::{MAX_WIRE_MESSAGE, MeshRequest, MeshResponse, PROTOCOL, WireCodec};
 
 use crate::node::{Node, NodeError};
+use crate::store::Role;
 
 /// Most request rounds this node spends on one sync session it started;
 /// below the responder's cap (`SyncConfig::max_rounds`), so an honest
@@ -106,6 +108,14 @@ pub struct Mesh {
     waiting: Vec<WaitingPayment>,
     /// What each connected peer may still ask.
     limiter: RateLimiter,
+    /// Outbox receipts already handed to each connected peer.
+    handed: HashMap<PeerId, HashSet<TransferId>>,
+    /// A trip to settlement is under way.
+    uplink_busy: bool,
+    /// Successful trips to settlement.
+    uplinks: u64,
+    /// To post results of background work back to this task.
+    own: mpsc::Sender<Command>,
 }
 
 struct WaitingPayment {
@@ -181,7 +191,7 @@ impl Mesh {
         let limiter = RateLimiter::new(config.limits);
         let (tx, commands) = mpsc::channel(64);
         let handle = MeshHandle {
-            tx,
+            tx: tx.clone(),
             peer_id: *swarm.local_peer_id(),
         };
         let mesh = Mesh {
@@ -198,6 +208,10 @@ impl Mesh {
             commands,
             waiting: Vec::new(),
             limiter,
+            handed: HashMap::new(),
+            uplink_busy: false,
+            uplinks: 0,
+            own: tx,
         };
         Ok((mesh, handle))
     }
@@ -236,6 +250,7 @@ impl Mesh {
                     self.sync_all();
                     self.expire_waiting();
                     self.save_ledger();
+                    self.start_uplink();
                 }
             }
         }
@@ -305,6 +320,7 @@ impl Mesh {
                     tracing::debug!(error = %e, "dial failed");
                 }
             }
+            Command::Uplink(result) => self.on_uplink(result),
             Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -317,19 +333,21 @@ impl Mesh {
             .node
             .receipts()?
             .into_iter()
-            .map(|(r, role)| {
+            .filter_map(|(r, role)| {
                 let h = r.transfer.header();
-                HistoryEntry {
+                Some(HistoryEntry {
                     transfer: r.transfer.id().to_string(),
                     role: match role {
-                        crate::store::Role::Paid => "paid",
-                        crate::store::Role::Received => "received",
+                        Role::Paid => "paid",
+                        Role::Received => "received",
+                        // Carried for others: not this node's history.
+                        Role::Carried => return None,
                     },
                     amount: h.amount,
                     allowance: h.allowance.to_string(),
                     seq: h.seq,
                     payee: r.transfer.body().payee.to_string(),
-                }
+                })
             })
             .collect();
         out.sort_by(|a, b| (&a.allowance, a.seq).cmp(&(&b.allowance, b.seq)));
@@ -392,6 +410,11 @@ impl Mesh {
             ledger_digest: ledger.digest().to_string(),
             proofs: ledger.proofs().len(),
             syncs_completed: self.syncs_completed,
+            outbox: self.outbox().map_or(0, |o| o.len()),
+            carried: self.node.receipts().map_or(0, |r| {
+                r.iter().filter(|(_, role)| *role == Role::Carried).count()
+            }),
+            uplinks: self.uplinks,
         }
     }
 
@@ -479,6 +502,7 @@ impl Mesh {
                 self.initiated.remove(&peer_id);
                 self.answering.remove(&peer_id);
                 self.limiter.forget(&peer_id);
+                self.handed.remove(&peer_id);
             }
             _ => {}
         }
@@ -537,6 +561,7 @@ impl Mesh {
         let bytes = match &request {
             MeshRequest::Sync { frames, .. } => frames.iter().map(Vec::len).sum(),
             MeshRequest::Payment(b) => b.len(),
+            MeshRequest::Relay(list) => list.iter().map(Vec::len).sum(),
         };
         if !self.admit(peer, bytes) {
             return self.respond(channel, MeshResponse::Refused("rate limited".into()));
@@ -559,6 +584,7 @@ impl Mesh {
                 self.answer_sync(peer, &frames)
             }
             MeshRequest::Payment(bytes) => self.answer_payment(&bytes),
+            MeshRequest::Relay(list) => self.take_relayed(peer, &list),
         };
         self.respond(channel, response);
     }
@@ -732,6 +758,7 @@ impl Mesh {
             self.remember(&peer, out.session.into_peer_state());
             self.finish_sync();
             self.publish_urgent(found);
+            self.hand_outbox(peer);
             return;
         }
         out.rounds += 1;
@@ -798,9 +825,23 @@ impl Mesh {
         if proofs.is_empty() {
             return;
         }
+        let revocations = ledger.revocations().cloned();
+        self.publish(proofs, revocations);
+    }
+
+    /// Pushes a new revocation list (from settlement) to every peer now.
+    fn publish_revocations(&mut self, list: RevocationList) {
+        self.publish(Vec::new(), Some(list));
+    }
+
+    fn publish(
+        &mut self,
+        proofs: Vec<(Allowance, ConflictProof)>,
+        revocations: Option<RevocationList>,
+    ) {
         let message = meshpay_proto::sync::SyncMessage::Urgent {
             proofs,
-            revocations: ledger.revocations().cloned(),
+            revocations,
         };
         let topic = gossipsub::IdentTopic::new(URGENT_TOPIC);
         if let Err(e) = self
@@ -853,6 +894,163 @@ impl Mesh {
     fn finish_sync(&mut self) {
         self.syncs_completed += 1;
         self.save_ledger();
+        self.drop_acknowledged();
+    }
+
+    /// Receipts held that no acknowledgement in the ledger covers.
+    fn outbox(&self) -> Result<Vec<Receipt>, NodeError> {
+        let ledger = self.node.ledger();
+        Ok(self
+            .node
+            .receipts()?
+            .into_iter()
+            .map(|(r, _)| r)
+            .filter(|r| !ledger.is_settled(&r.transfer.id()))
+            .collect())
+    }
+
+    /// Drops carried receipts that settlement acknowledged.
+    fn drop_acknowledged(&mut self) {
+        let Ok(receipts) = self.node.receipts() else {
+            return;
+        };
+        let ledger = self.node.ledger();
+        let settled: Vec<TransferId> = receipts
+            .iter()
+            .filter(|(r, role)| *role == Role::Carried && ledger.is_settled(&r.transfer.id()))
+            .map(|(r, _)| r.transfer.id())
+            .collect();
+        if settled.is_empty() {
+            return;
+        }
+        match self.node.store().drop_carried(&settled) {
+            Ok(n) => tracing::info!(dropped = n, "acknowledged receipts dropped from the outbox"),
+            Err(e) => tracing::error!(error = %e, "could not drop acknowledged receipts"),
+        }
+    }
+
+    /// Hands `peer` the outbox receipts it has not had from this node.
+    fn hand_outbox(&mut self, peer: PeerId) {
+        let Ok(outbox) = self.outbox() else {
+            return;
+        };
+        let handed = self.handed.entry(peer).or_default();
+        let fresh: Vec<Receipt> = outbox
+            .into_iter()
+            .filter(|r| !handed.contains(&r.transfer.id()))
+            .collect();
+        for chunk in fresh.chunks(relay::RELAY_BATCH) {
+            handed.extend(chunk.iter().map(|r| r.transfer.id()));
+            let list = chunk.iter().map(Encode::encode).collect();
+            self.swarm
+                .behaviour_mut()
+                .rr
+                .send_request(&peer, MeshRequest::Relay(list));
+        }
+    }
+
+    /// Keeps relayed receipts whose payee signature verifies, that no
+    /// acknowledgement covers, up to [`relay::MAX_CARRIED`].
+    fn take_relayed(&mut self, peer: PeerId, list: &[Vec<u8>]) -> MeshResponse {
+        let mut carried = match self.node.receipts() {
+            Ok(r) => r.iter().filter(|(_, role)| *role == Role::Carried).count(),
+            Err(e) => return MeshResponse::Refused(e.to_string()),
+        };
+        let mut new = 0u32;
+        for bytes in list {
+            let Ok(r) = Receipt::decode(bytes) else {
+                tracing::warn!(%peer, "malformed relayed receipt");
+                return MeshResponse::Refused("malformed receipt".into());
+            };
+            let id = r.transfer.id();
+            if !r.verify_payee() {
+                return MeshResponse::Refused("a relayed receipt's payee signature fails".into());
+            }
+            if self.node.ledger().is_settled(&id)
+                || matches!(self.node.store().receipt(&id), Ok(Some(_)))
+            {
+                continue;
+            }
+            if carried >= relay::MAX_CARRIED {
+                tracing::warn!("carrying {carried} receipts already; refusing more");
+                break;
+            }
+            if let Err(e) = self.node.store().commit_receipt(&r, Role::Carried) {
+                tracing::error!(error = %e, "could not keep a relayed receipt");
+                return MeshResponse::Refused("storage failed".into());
+            }
+            // Already with the sender: not handed back.
+            self.handed.entry(peer).or_default().insert(id);
+            carried += 1;
+            new += 1;
+        }
+        MeshResponse::Relayed(new)
+    }
+
+    /// A gateway starts a trip to settlement, if none is under way.
+    fn start_uplink(&mut self) {
+        let Some(url) = self.config.settlement.clone() else {
+            return;
+        };
+        if self.uplink_busy {
+            return;
+        }
+        let outbox: Vec<Vec<u8>> = match self.outbox() {
+            Ok(o) => o.iter().map(Encode::encode).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the outbox");
+                return;
+            }
+        };
+        let since = self
+            .node
+            .ledger()
+            .acks()
+            .map(|a| a.serial)
+            .max()
+            .unwrap_or(0);
+        self.uplink_busy = true;
+        let own = self.own.clone();
+        tokio::spawn(async move {
+            let result = relay::uplink(url, outbox, since).await;
+            let _ = own.send(Command::Uplink(result)).await;
+        });
+    }
+
+    /// Takes what settlement sent back into the ledger; it spreads from
+    /// there.
+    fn on_uplink(&mut self, result: Result<relay::Uplink, String>) {
+        self.uplink_busy = false;
+        let up = match result {
+            Ok(up) => up,
+            Err(e) => {
+                tracing::debug!(error = %e, "settlement not reachable; the outbox waits");
+                return;
+            }
+        };
+        self.uplinks += 1;
+        let mut entries: Vec<Entry> = up.acks.into_iter().map(Entry::Ack).collect();
+        let revocations = up.revocations.clone();
+        entries.extend(up.revocations.map(Entry::Revocations));
+        let n = entries.len();
+        let mut added = false;
+        for e in entries {
+            // One by one: an entry the ledger already holds, or an older
+            // revocation list, does not stop the rest.
+            match self.node.ledger_mut().insert(e) {
+                Ok(meshpay_proto::ledger::Inserted::New) => added = true,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "settlement answer refused by the ledger"),
+            }
+        }
+        tracing::info!(uploaded = up.uploaded, entries = n, "settlement reached");
+        if added {
+            self.save_ledger();
+            self.drop_acknowledged();
+            if let Some(list) = revocations {
+                self.publish_revocations(list);
+            }
+        }
     }
 
     fn save_ledger(&mut self) {

@@ -22,6 +22,9 @@ pub enum MeshRequest {
     },
     /// An encoded [`PaymentMessage`] (a transfer, payer to payee).
     Payment(Vec<u8>),
+    /// Encoded receipts not yet acknowledged by settlement, for the peer
+    /// to carry toward a gateway.
+    Relay(Vec<Vec<u8>>),
 }
 
 /// The answer.
@@ -38,6 +41,8 @@ pub enum MeshResponse {
     Payment(Vec<u8>),
     /// The request was refused (malformed, or too much at once).
     Refused(String),
+    /// How many of the relayed receipts were new to the responder.
+    Relayed(u32),
 }
 
 /// Length-prefixed postcard over a libp2p stream, with a size cap.

@@ -2,6 +2,7 @@
 //! of `meshpay_proto::settlement`, signed acknowledgements and revocation
 //! lists, over redb or PostgreSQL, behind an HTTP API.
 
+pub mod client;
 pub mod http;
 pub mod kv;
 pub mod service;
