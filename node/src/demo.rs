@@ -13,11 +13,15 @@ use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
+use meshpay_proto::crypto::KeyBytes;
 use meshpay_proto::prelude::*;
 use serde::Serialize;
 
 use crate::mesh::{Mesh, MeshConfig, MeshError, MeshHandle, MeshPayment};
 use crate::node::{Node, NodeError};
+use crate::settlement::{Kv, RedbKv, Service, client, http};
+use meshpay_proto::settlement::{Account, SettlementConfig};
+use meshpay_proto::wallet_request::{WalletAction, WalletRequest, WalletRequestTerms};
 
 /// What the demo did, step by step; printed as text or JSON.
 #[derive(Debug, Serialize)]
@@ -30,8 +34,44 @@ pub struct DemoReport {
     pub proof_everywhere: bool,
     /// Whether every payee refused the culprit's next payment.
     pub culprit_refused_everywhere: bool,
+    /// What settlement made of it all.
+    pub settlement: SettlementSummary,
     /// Wall time of the whole demo, in milliseconds.
     pub elapsed_ms: u64,
+}
+
+/// The settlement half of the story.
+#[derive(Debug, Serialize)]
+pub struct SettlementSummary {
+    /// Every receipt settlement holds, with its outcome.
+    pub receipts: Vec<SettledReceipt>,
+    /// Each wallet's online balance at the end.
+    pub balances: Vec<WalletBalance>,
+    /// Escrow refunded after expiry.
+    pub refunded: u64,
+    /// Whether the sum of all balances and escrows equals what was
+    /// deposited.
+    pub conserved: bool,
+}
+
+/// One receipt at settlement.
+#[derive(Debug, Serialize)]
+pub struct SettledReceipt {
+    /// Who was paid.
+    pub payee: String,
+    /// Minor units.
+    pub amount: u64,
+    /// Settled, or refused and why.
+    pub outcome: String,
+}
+
+/// A wallet's online balance.
+#[derive(Debug, Serialize)]
+pub struct WalletBalance {
+    /// Whose.
+    pub name: String,
+    /// Minor units.
+    pub balance: i64,
 }
 
 /// One step of the story.
@@ -73,6 +113,9 @@ pub enum DemoError {
     /// Something the story waits for did not happen in time.
     #[error("timed out waiting for {0}")]
     Stalled(&'static str),
+    /// The settlement service failed.
+    #[error("settlement: {0}")]
+    Settlement(String),
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -92,6 +135,48 @@ fn outcome_text(o: &MeshPayment) -> String {
 
 fn money(minor: u64) -> String {
     format!("{}.{:02}", minor / 100, minor % 100)
+}
+
+/// A wallet loads an allowance: a request it signs, over HTTP.
+async fn load(
+    url: &str,
+    key: &SecretKey,
+    amount: u64,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<Allowance, DemoError> {
+    let mut nonce = [0u8; 16];
+    rand::Rng::fill_bytes(rng, &mut nonce);
+    let request = WalletRequest::sign(
+        WalletRequestTerms {
+            wallet: key.public(),
+            nonce: Nonce(nonce),
+            at: crate::mesh::wall_clock(),
+            action: WalletAction::Issue {
+                amount,
+                currency: Currency::new("EUR").unwrap_or_else(|| unreachable!("a valid code")),
+                valid_secs: 7 * 86_400,
+                caps: Caps {
+                    max_per_payment: 5_000,
+                    max_payments: 50,
+                },
+            },
+        },
+        key,
+    );
+    let answer = client::call(
+        url,
+        "POST",
+        "/v1/allowances",
+        Some(&serde_json::json!({ "request": hex::encode(request.encode()) })),
+        PATIENCE,
+    )
+    .await
+    .map_err(|e| DemoError::Settlement(e.to_string()))?;
+    answer["allowance"]
+        .as_str()
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| Allowance::decode(&b).ok())
+        .ok_or_else(|| DemoError::Settlement("no allowance in the answer".into()))
 }
 
 /// How long the demo waits for the mesh to do one thing.
@@ -138,6 +223,8 @@ impl Device {
 
     /// Connects to `other` and waits until both see the link.
     async fn link(&self, other: &Device) -> Result<(), DemoError> {
+        // Both ends lift any earlier cut.
+        other.mesh.dial(self.addr.clone()).await?;
         self.mesh.dial(other.addr.clone()).await?;
         let id = other.mesh.peer_id.to_string();
         wait_for("a link between two nodes", || async {
@@ -155,6 +242,13 @@ impl Device {
             Ok(!self.mesh.status().await?.peers.contains(&id))
         })
         .await
+    }
+
+    /// The node's wallet key.
+    async fn mesh_wallet(&self) -> Result<PublicKey, DemoError> {
+        let hex_key = self.mesh.status().await?.wallet;
+        crate::config::parse_public_key("wallet", &hex_key)
+            .map_err(|e| DemoError::Settlement(e.to_string()))
     }
 
     /// `self` pays `payee` over the mesh.
@@ -203,9 +297,6 @@ async fn story(dir: &Path) -> Result<DemoReport, DemoError> {
     let mut rng = crate::os_rng().map_err(NodeError::from)?;
     let issuer = SecretKey::generate(&mut rng);
     let trust = TrustStore::new(issuer.public());
-    let eur = Currency::new("EUR").unwrap_or_else(|| unreachable!("a valid code"));
-    // The mesh checks allowances against the machine's clock.
-    let now = crate::mesh::wall_clock();
     let mut steps = Vec::new();
     let mut step = |what: String, outcome: String| {
         tracing::info!(%what, %outcome);
@@ -219,39 +310,43 @@ async fn story(dir: &Path) -> Result<DemoReport, DemoError> {
     let alice = open("alice", alice_key.clone())?;
     let bob = open("bob-bar", SecretKey::generate(&mut rng))?;
     let carol = open("carol-shop", SecretKey::generate(&mut rng))?;
-    let mut dave = open("dave", SecretKey::generate(&mut rng))?;
+    let dave_key = SecretKey::generate(&mut rng);
+    let mut dave = open("dave", dave_key.clone())?;
 
-    // Online, before sailing: the issuer escrows two allowances.
-    let mut allowance = |id: u8, wallet: PublicKey, amount: u64| {
-        let mut raw = [0u8; 16];
-        rand::Rng::fill_bytes(&mut rng, &mut raw);
-        raw[0] = id;
-        Allowance::sign(
-            AllowanceTerms {
-                id: AllowanceId(raw),
-                wallet,
-                amount,
-                currency: eur,
-                issued_at: now.minus(3_600),
-                expires_at: now.plus(7 * 86_400),
-                caps: Caps {
-                    max_per_payment: 5_000,
-                    max_payments: 50,
-                },
-                tier: 1,
-                restriction: None,
-                issuer: issuer.public(),
-            },
-            &issuer,
-        )
-    };
-    let alice_allowance = allowance(1, alice.public_key(), 10_000);
+    // Online, before sailing: the settlement service (embedded here, on
+    // loopback HTTP) holds the passengers' accounts; each wallet loads an
+    // allowance with a request it signs, and the service escrows it.
+    let kv: Box<dyn Kv> = Box::new(
+        RedbKv::open(&dir.join("settlement.redb"))
+            .map_err(|e| DemoError::Settlement(e.to_string()))?,
+    );
+    let service = Service::open(kv, issuer.clone(), SettlementConfig::default())
+        .map_err(|e| DemoError::Settlement(e.to_string()))?;
+    let app = http::AppState::new(service, None);
+    let bound = http::serve(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        app.clone(),
+        Duration::from_secs(3_600),
+    )
+    .await
+    .map_err(|e| DemoError::Settlement(e.to_string()))?;
+    let url = format!("http://{bound}");
+    let (alice_wallet, dave_wallet) = (alice.public_key(), dave.public_key());
+    app.with(move |s| {
+        s.deposit(alice_wallet.into(), 15_000)?;
+        s.deposit(dave_wallet.into(), 6_000)
+    })
+    .await
+    .map_err(|e| DemoError::Settlement(e.to_string()))?;
+    let alice_allowance = load(&url, &alice_key, 10_000, &mut rng).await?;
+    let dave_allowance = load(&url, &dave_key, 5_000, &mut rng).await?;
+    let dave_allowance_id = dave_allowance.id;
     let mut alice = alice;
     alice.add_allowance(alice_allowance.clone())?;
-    dave.add_allowance(allowance(2, dave.public_key(), 5_000))?;
+    dave.add_allowance(dave_allowance)?;
     step(
-        "online: the issuer escrows 100.00 EUR for alice and 50.00 EUR for dave".into(),
-        "two issuer-signed allowances, caps 50.00 per payment and 50 payments".into(),
+        format!("online: alice and dave load allowances from the settlement service at {url}"),
+        "100.00 EUR and 50.00 EUR escrowed from their accounts (150.00 and 60.00 deposited); caps 50.00 per payment".into(),
     );
 
     // At sea: four devices on the ship's LAN, libp2p over loopback TCP.
@@ -298,7 +393,7 @@ async fn story(dir: &Path) -> Result<DemoReport, DemoError> {
     // Mallory holds a clone of alice's phone, restored from a backup taken
     // after the coffee: same key, same counter (sequence 1 used, 4.50 spent).
     bob.unlink(&carol).await?;
-    let mut mallory = open("mallory (alice's clone)", alice_key)?;
+    let mut mallory = open("mallory (alice's clone)", alice_key.clone())?;
     mallory.add_allowance(alice_allowance.clone())?;
     let culprit = alice_allowance.id;
     mallory
@@ -367,6 +462,108 @@ async fn story(dir: &Path) -> Result<DemoReport, DemoError> {
     }
     let culprit_refused_everywhere = refusals.iter().all(|r| *r);
 
+    // Back in port: bob-bar's link to shore comes up, and bob-bar becomes
+    // the gateway. Every receipt in the mesh reaches settlement through it,
+    // and the acknowledgement comes back to every node.
+    let ashore = Instant::now();
+    bob.mesh.set_settlement(Some(url.clone())).await?;
+    wait_for(
+        "every receipt to settle and every outbox to empty",
+        || async {
+            for d in everyone {
+                let s = d.mesh.status().await?;
+                if s.outbox > 0 || s.carried > 0 {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    let settle_ms = ashore.elapsed().as_millis();
+    let names = [
+        (alice_key.public(), "alice"),
+        (bob.mesh_wallet().await?, "bob-bar"),
+        (carol.mesh_wallet().await?, "carol-shop"),
+        (dave_key.public(), "dave"),
+    ];
+    let name_of = move |k: &KeyBytes| {
+        names
+            .iter()
+            .find(|(p, _)| KeyBytes::from(*p) == *k)
+            .map_or("?", |(_, n)| *n)
+    };
+    let ids = [alice_allowance.id, dave_allowance_id];
+    let receipts_settled = app
+        .with(move |s| {
+            let mut lines = Vec::new();
+            for id in ids {
+                if let Some(state) = s.allowance_state(&id)? {
+                    for (_, claim) in state.claims() {
+                        lines.push((claim.header().amount, claim.payee(), claim.outcome()));
+                    }
+                }
+            }
+            Ok(lines)
+        })
+        .await
+        .map(|lines| {
+            let settled = lines
+                .iter()
+                .map(|(amount, payee, outcome)| SettledReceipt {
+                    payee: name_of(payee).to_string(),
+                    amount: *amount,
+                    outcome: outcome.map_or_else(|| "pending".into(), |o| format!("{o:?}")),
+                })
+                .collect::<Vec<_>>();
+            settled
+        })
+        .map_err(|e| DemoError::Settlement(e.to_string()))?;
+    step(
+        "back in port: bob-bar reaches the settlement service and becomes the gateway".into(),
+        format!(
+            "every receipt in the mesh reached settlement through bob-bar and every node pruned its outbox in {settle_ms} ms; the fork was settled by transfer id, the other spend refused as conflicted"
+        ),
+    );
+
+    // A week later the allowances expire; after the grace period the
+    // unspent escrow goes back to the wallets.
+    let later =
+        crate::mesh::wall_clock().plus(7 * 86_400 + SettlementConfig::default().grace_secs + 60);
+    let wallets: Vec<(String, PublicKey)> =
+        names.iter().map(|(k, n)| (n.to_string(), *k)).collect();
+    let (refunded, balances, total, deposits) = app
+        .with(move |s| {
+            let refunded: u64 = s.close_due(later)?.iter().map(|m| m.amount).sum();
+            let mut balances = Vec::new();
+            for (name, key) in &wallets {
+                balances.push(WalletBalance {
+                    name: name.clone(),
+                    balance: s.balance(&Account::Wallet((*key).into()))?,
+                });
+            }
+            Ok((refunded, balances, s.total()?, s.deposits()?))
+        })
+        .await
+        .map_err(|e| DemoError::Settlement(e.to_string()))?;
+    let conserved = total == deposits;
+    step(
+        "a week later the allowances expire; after the grace period settlement refunds the unspent escrow".into(),
+        format!(
+            "{} EUR refunded; money conserved: {} (balances and escrow {} = deposits {})",
+            money(refunded),
+            yes(conserved),
+            money(u64::try_from(total).unwrap_or(0)),
+            money(u64::try_from(deposits).unwrap_or(0))
+        ),
+    );
+    let settlement = SettlementSummary {
+        receipts: receipts_settled,
+        balances,
+        refunded,
+        conserved,
+    };
+
     // Let the last syncs settle, then stop every node.
     wait_for("the ledgers to converge", || async {
         let mut digests = std::collections::BTreeSet::new();
@@ -398,6 +595,7 @@ async fn story(dir: &Path) -> Result<DemoReport, DemoError> {
         nodes,
         proof_everywhere,
         culprit_refused_everywhere,
+        settlement,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })
 }
@@ -432,9 +630,34 @@ pub fn render(report: &DemoReport) -> String {
         yes(report.culprit_refused_everywhere),
         report.elapsed_ms
     );
+    let _ = writeln!(out, "\nat settlement:");
+    for r in &report.settlement.receipts {
+        let _ = writeln!(
+            out,
+            "  {:>7} EUR to {:<11} {}",
+            money(r.amount),
+            r.payee,
+            r.outcome
+        );
+    }
+    let balances: Vec<String> = report
+        .settlement
+        .balances
+        .iter()
+        .map(|b| {
+            format!(
+                "{} {}",
+                b.name,
+                money(u64::try_from(b.balance).unwrap_or(0))
+            )
+        })
+        .collect();
     let _ = writeln!(
         out,
-        "settlement (escrow, refunds, final receipts) arrives with the settlement service (issue #5)."
+        "online balances after refunds ({} EUR refunded): {}\nmoney conserved (balances + escrow = deposits): {}",
+        money(report.settlement.refunded),
+        balances.join(", "),
+        yes(report.settlement.conserved)
     );
     out
 }

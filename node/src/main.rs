@@ -848,7 +848,7 @@ fn demo(json: bool, data_dir: Option<PathBuf>) -> ExitCode {
     } else {
         print!("{}", meshpay_node::demo::render(&report));
     }
-    if report.proof_everywhere && report.culprit_refused_everywhere {
+    if report.proof_everywhere && report.culprit_refused_everywhere && report.settlement.conserved {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -42,6 +42,25 @@ fn demo_catches_the_double_spend_and_refuses_the_culprit_everywhere() {
     };
     assert_eq!(received("bob"), Some(2));
     assert_eq!(received("carol"), Some(2));
+    // Settlement: every receipt arrived through the gateway; of the two
+    // spends of the same sequence number one settled and one was refused
+    // as conflicted; escrow was conserved and the rest refunded.
+    let settlement = &report["settlement"];
+    assert_eq!(settlement["conserved"], true);
+    let receipts = settlement["receipts"].as_array().expect("receipts");
+    assert_eq!(receipts.len(), 4, "{settlement}");
+    let settled = receipts
+        .iter()
+        .filter(|r| r["outcome"] == "Settled")
+        .count();
+    let conflicted = receipts
+        .iter()
+        .filter(|r| r["outcome"] == "Refused(Conflicted)")
+        .count();
+    assert_eq!((settled, conflicted), (3, 1), "{settlement}");
+    // 100.00 + 50.00 escrowed, 4.50 + 40.00 + 12.00 settled.
+    assert_eq!(settlement["refunded"], 9_350);
+    assert!(dir.path().join("settlement.redb").exists());
     // The databases stay behind for inspection.
     assert!(dir.path().join("alice.redb").exists());
 }

@@ -196,6 +196,8 @@ pub(super) enum Command {
     SyncNow,
     Dial(Multiaddr),
     Disconnect(PeerId),
+    /// Starts (Some) or stops (None) being a gateway.
+    SetSettlement(Option<String>),
     /// What a gateway's trip to settlement brought back.
     Uplink(Result<super::relay::Uplink, String>),
     Stop,
@@ -272,11 +274,22 @@ impl MeshHandle {
         .await?
     }
 
-    /// Closes every connection to `peer` (a network split, in the demo and
-    /// tests); either side dialling again reconnects.
+    /// Closes every connection to `peer` and refuses new ones until
+    /// [`MeshHandle::dial`] dials it again (a network split, in the demo
+    /// and tests).
     pub async fn disconnect(&self, peer: PeerId) -> Result<(), MeshError> {
         self.tx
             .send(Command::Disconnect(peer))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Makes this node a gateway to the settlement service at `url`
+    /// (`http://host:port`), or stops it being one (`None`): a ship's
+    /// satellite link coming and going.
+    pub async fn set_settlement(&self, url: Option<String>) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::SetSettlement(url))
             .await
             .map_err(|_| MeshError::Stopped)
     }

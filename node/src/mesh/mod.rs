@@ -110,6 +110,9 @@ pub struct Mesh {
     limiter: RateLimiter,
     /// Outbox receipts already handed to each connected peer.
     handed: HashMap<PeerId, HashSet<TransferId>>,
+    /// Peers cut off by [`MeshHandle::disconnect`] until dialled again: a
+    /// connection with them, in either direction, is closed at once.
+    blocked: HashSet<PeerId>,
     /// A trip to settlement is under way.
     uplink_busy: bool,
     /// Successful trips to settlement.
@@ -209,6 +212,7 @@ impl Mesh {
             waiting: Vec::new(),
             limiter,
             handed: HashMap::new(),
+            blocked: HashSet::new(),
             uplink_busy: false,
             uplinks: 0,
             own: tx,
@@ -314,6 +318,7 @@ impl Mesh {
             Command::SyncNow => self.sync_all(),
             Command::Dial(addr) => {
                 if let Some(peer) = peer_of(&addr) {
+                    self.blocked.remove(&peer);
                     self.swarm.add_peer_address(peer, addr.clone());
                 }
                 if let Err(e) = self.swarm.dial(addr) {
@@ -321,7 +326,12 @@ impl Mesh {
                 }
             }
             Command::Uplink(result) => self.on_uplink(result),
+            Command::SetSettlement(url) => {
+                self.config.settlement = url;
+                self.start_uplink();
+            }
             Command::Disconnect(peer) => {
+                self.blocked.insert(peer);
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Stop => {}
@@ -470,6 +480,11 @@ impl Mesh {
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. }
+                if self.blocked.contains(&peer_id) =>
+            {
+                let _ = self.swarm.disconnect_peer_id(peer_id);
+            }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
                     .into_iter()
