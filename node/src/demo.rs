@@ -508,15 +508,14 @@ async fn story(dir: &Path) -> Result<DemoReport, DemoError> {
         })
         .await
         .map(|lines| {
-            let settled = lines
+            lines
                 .iter()
                 .map(|(amount, payee, outcome)| SettledReceipt {
                     payee: name_of(payee).to_string(),
                     amount: *amount,
                     outcome: outcome.map_or_else(|| "pending".into(), |o| format!("{o:?}")),
                 })
-                .collect::<Vec<_>>();
-            settled
+                .collect::<Vec<_>>()
         })
         .map_err(|e| DemoError::Settlement(e.to_string()))?;
     step(
