@@ -216,6 +216,17 @@ enum SettlementAction {
         /// (without it, deposits are refused).
         #[arg(long, value_name = "FILE")]
         operator_token_file: Option<PathBuf>,
+        /// Who bears a conflict loss: `payee`, or `fund` (the issuer's risk
+        /// fund pays up to --risk-fund-cap per receipt).
+        #[arg(long, default_value = "payee", value_parser = ["payee", "fund"])]
+        loss_policy: String,
+        /// Most the risk fund pays per lost receipt, e.g. 20.00.
+        #[arg(long, default_value = "20.00")]
+        risk_fund_cap: String,
+        /// Days after an allowance's expiry that receipts are still taken
+        /// (then the unspent escrow is refunded).
+        #[arg(long, default_value_t = 7)]
+        grace_days: u64,
     },
 }
 
@@ -435,14 +446,32 @@ fn main() -> ExitCode {
                     listen,
                     database,
                     operator_token_file,
+                    loss_policy,
+                    risk_fund_cap,
+                    grace_days,
                 },
-        } => serve_settlement(
-            &data_dir,
-            &issuer_key,
-            &listen,
-            database.as_deref(),
-            operator_token_file.as_deref(),
-        ),
+        } => (|| {
+            use meshpay_proto::settlement::{LossPolicy, SettlementConfig};
+            let config = SettlementConfig {
+                loss_policy: if loss_policy == "fund" {
+                    LossPolicy::IssuerRiskFund {
+                        cap_per_receipt: parse_amount(&risk_fund_cap)?,
+                    }
+                } else {
+                    LossPolicy::PayeeBears
+                },
+                grace_secs: grace_days.saturating_mul(86_400),
+                ..SettlementConfig::default()
+            };
+            serve_settlement(
+                &data_dir,
+                &issuer_key,
+                &listen,
+                database.as_deref(),
+                operator_token_file.as_deref(),
+                config,
+            )
+        })(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -765,6 +794,7 @@ fn serve_settlement(
     listen: &str,
     database: Option<&str>,
     operator_token_file: Option<&std::path::Path>,
+    config: meshpay_proto::settlement::SettlementConfig,
 ) -> Result<(), String> {
     use meshpay_node::settlement::{Kv, PgKv, RedbKv, Service, http};
     let issuer = read_issuer_key(issuer_key)?;
@@ -789,7 +819,7 @@ fn serve_settlement(
             Box::new(RedbKv::open(&data_dir.join("settlement.redb")).map_err(|e| e.to_string())?)
         }
     };
-    let service = Service::open(kv, issuer, Default::default()).map_err(|e| e.to_string())?;
+    let service = Service::open(kv, issuer, config).map_err(|e| e.to_string())?;
     let where_ = service.describe();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
