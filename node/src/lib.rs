@@ -11,13 +11,16 @@
 
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod ble;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod exchange;
 pub mod local;
 pub mod mesh;
 pub mod node;
 pub mod store;
+pub mod transport;
 
 /// The operating system's random number generator failed.
 #[derive(Debug, thiserror::Error)]
