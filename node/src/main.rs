@@ -117,6 +117,11 @@ enum Command {
         #[command(subcommand)]
         action: IssuerAction,
     },
+    /// Bluetooth LE.
+    Ble {
+        #[command(subcommand)]
+        action: BleAction,
+    },
     /// Run the whole story on this machine: allowances, offline payments,
     /// a network split, a cloned wallet spending twice, the mesh catching
     /// it, and the culprit refused everywhere.
@@ -142,6 +147,19 @@ enum NodeAction {
         /// Seconds between periodic syncs.
         #[arg(long)]
         sync_interval: Option<u64>,
+        /// Run on Bluetooth LE instead of the LAN mesh (see docs/ble.md).
+        #[arg(long)]
+        ble: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BleAction {
+    /// Check the adapter, BlueZ and permissions; say what is missing.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -211,8 +229,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init { dir, issuer, net } => init(&dir, issuer, &net),
         Command::Node {
-            action: NodeAction::Run { dir, net, sync_interval },
-        } => run_node(&dir, &net, sync_interval),
+            action: NodeAction::Run { dir, net, sync_interval, ble },
+        } => run_node(&dir, &net, sync_interval, ble),
         Command::Request { dir, amount, currency, memo, json } => {
             parse_amount(&amount).and_then(|amount| {
                 let body = json!({ "amount": amount, "currency": currency, "memo": memo });
@@ -273,6 +291,9 @@ fn main() -> ExitCode {
         } => control_call(&dir, "POST", "/v1/allowances", Some(&json!({ "allowance": allowance }))).map(|_| ()),
         Command::Issuer { action } => issuer(action),
         Command::Demo { json, data_dir } => return demo(json, data_dir),
+        Command::Ble {
+            action: BleAction::Doctor { json },
+        } => return ble_doctor(json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -370,7 +391,12 @@ fn init(dir: &Dir, issuer: String, net: &Net) -> Result<(), String> {
     Ok(())
 }
 
-fn run_node(dir: &Dir, net: &Net, sync_interval: Option<u64>) -> Result<(), String> {
+fn run_node(dir: &Dir, net: &Net, sync_interval: Option<u64>, ble: bool) -> Result<(), String> {
+    if ble {
+        // Before anything else: a machine without Bluetooth gets the
+        // doctor's explanation, not a D-Bus error.
+        meshpay_node::ble::preflight()?;
+    }
     let data = DataDir(dir.data_dir.clone());
     let config = data.config().map_err(|e| e.to_string())?;
     let key = data.key().map_err(|e| e.to_string())?;
@@ -398,6 +424,9 @@ fn run_node(dir: &Dir, net: &Net, sync_interval: Option<u64>) -> Result<(), Stri
         .map_err(|e| format!("bad control address: {e}"))?;
     let node = Node::open("node", &data.database(), key, TrustStore::new(issuer))
         .map_err(|e| e.to_string())?;
+    if ble {
+        return meshpay_node::ble::run(node);
+    }
     let mesh_config = MeshConfig {
         listen,
         peers,
@@ -427,6 +456,23 @@ fn run_node(dir: &Dir, net: &Net, sync_interval: Option<u64>) -> Result<(), Stri
         let _ = std::fs::remove_file(&control_file);
         Ok::<(), String>(())
     })
+}
+
+fn ble_doctor(json: bool) -> ExitCode {
+    let report = meshpay_node::ble::check_machine();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    if report.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn issuer(action: IssuerAction) -> Result<(), String> {

@@ -157,13 +157,19 @@ mod tests {
     #[test]
     fn memory_link_delivers_in_order_and_reports_loss() {
         let (mut a, mut b) = MemoryLink::pair();
-        a.send(b"one").unwrap();
-        a.send(b"two").unwrap();
-        assert_eq!(b.try_recv().unwrap().as_deref(), Some(&b"one"[..]));
-        assert_eq!(b.try_recv().unwrap().as_deref(), Some(&b"two"[..]));
-        assert_eq!(b.try_recv().unwrap(), None);
-        assert_eq!(b.wait(None).unwrap(), Wait::Idle);
-        assert_eq!(b.wait(Some(5_000)).unwrap(), Wait::Deadline);
+        a.send(b"one").expect("in a test");
+        a.send(b"two").expect("in a test");
+        assert_eq!(
+            b.try_recv().expect("in a test").as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(
+            b.try_recv().expect("in a test").as_deref(),
+            Some(&b"two"[..])
+        );
+        assert_eq!(b.try_recv().expect("in a test"), None);
+        assert_eq!(b.wait(None).expect("in a test"), Wait::Idle);
+        assert_eq!(b.wait(Some(5_000)).expect("in a test"), Wait::Deadline);
         assert_eq!(a.now_us(), 5_000);
         a.close();
         assert_eq!(b.try_recv(), Err(LinkError::Lost { partial: 0 }));

@@ -5,7 +5,7 @@
 mod fixture;
 
 use fixture::World;
-use meshpay_node::ble::emulated::{self, EmulatedConfig};
+use meshpay_node::ble::emulated::{self, EmulatedConfig, EmulatedLink};
 use meshpay_node::ble::framing::{Framing, FramingConfig};
 use meshpay_node::exchange::{
     Conversation, ExchangeError, PayeeSide, PayerSide, Side, SyncSide, drive_pair,
@@ -94,6 +94,19 @@ fn assert_paid_once(payer: &Node, payee: &Node, receipt: &Receipt) {
     assert_eq!(left, 100_000 - AMOUNT);
 }
 
+/// A clean payment over an emulated phone link at `mtu`.
+fn paid_over_emulated(mtu: u16) -> (World, Node, Node, PayerSide, EmulatedLink) {
+    let world = World::new();
+    let (mut payer, mut payee, mut ps, mut es) = payment(&world);
+    let (mut la, mut lb) = emulated::pair(EmulatedConfig::phone(mtu));
+    run(
+        (&mut payer, &mut ps, &mut la),
+        (&mut payee, &mut es, &mut lb),
+    )
+    .expect("payment over the emulated link");
+    (world, payer, payee, ps, la)
+}
+
 #[test]
 fn payments_over_emulated_ble_give_the_in_memory_result_at_every_mtu() {
     let world = World::new();
@@ -108,14 +121,7 @@ fn payments_over_emulated_ble_give_the_in_memory_result_at_every_mtu() {
     assert_paid_once(&payer, &payee, &expected);
 
     for mtu in MTUS {
-        let world = World::new();
-        let (mut payer, mut payee, mut ps, mut es) = payment(&world);
-        let (mut la, mut lb) = emulated::pair(EmulatedConfig::phone(mtu));
-        run(
-            (&mut payer, &mut ps, &mut la),
-            (&mut payee, &mut es, &mut lb),
-        )
-        .expect("ble");
+        let (_world, payer, payee, ps, la) = paid_over_emulated(mtu);
         assert_eq!(paid_receipt(&ps), expected, "mtu {mtu}");
         assert_paid_once(&payer, &payee, &expected);
         assert_eq!(
@@ -216,15 +222,7 @@ fn payment_with_drop(mtu: u16, cut: u64) -> Result<(), String> {
 fn payments_dropped_mid_frame_and_mid_handshake_recover_without_duplicate_or_lost_receipt() {
     for mtu in [23u16, 185] {
         // The bytes a clean payment carries, to cut at every point of it.
-        let world = World::new();
-        let (mut payer, mut payee, mut ps, mut es) = payment(&world);
-        let (mut la, mut lb) = emulated::pair(EmulatedConfig::phone(mtu));
-        run(
-            (&mut payer, &mut ps, &mut la),
-            (&mut payee, &mut es, &mut lb),
-        )
-        .expect("clean");
-        let s = la.port().stats();
+        let s = paid_over_emulated(mtu).4.port().stats();
         let total = s.payload_bytes[0] + s.payload_bytes[1];
         let step = if mtu == 23 { 13 } else { 29 };
         let mut cuts: Vec<u64> = (0..=total).step_by(step).collect();

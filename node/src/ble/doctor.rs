@@ -309,8 +309,8 @@ mod tests {
 
     fn write(root: &Path, p: &str, text: &str) {
         let p = root.join(p);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
+        std::fs::create_dir_all(p.parent().expect("in a test")).expect("in a test");
+        std::fs::write(p, text).expect("in a test");
     }
 
     fn env(root: &Path, ble: bool) -> Environment {
@@ -323,10 +323,10 @@ mod tests {
 
     #[test]
     fn a_machine_without_bluetooth_is_explained_in_plain_words() {
-        let root = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().expect("temp dir");
         let r = diagnose(&env(root.path(), true));
         assert!(!r.ready);
-        let why = r.explain().unwrap();
+        let why = r.explain().expect("a failure to explain");
         assert!(
             why.starts_with("BlueZ is not running / no system bus at"),
             "{why}"
@@ -342,15 +342,17 @@ mod tests {
 
     #[test]
     fn a_build_without_the_feature_says_how_to_get_it() {
-        let root = tempfile::tempdir().unwrap();
-        let why = diagnose(&env(root.path(), false)).explain().unwrap();
+        let root = tempfile::tempdir().expect("temp dir");
+        let why = diagnose(&env(root.path(), false))
+            .explain()
+            .expect("a failure to explain");
         assert!(why.contains("built without BLE support"), "{why}");
         assert!(why.contains("--features ble"), "{why}");
     }
 
     #[test]
     fn a_ready_machine_passes_and_rfkill_is_caught() {
-        let root = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().expect("temp dir");
         let r = root.path();
         write(r, "run/dbus/system_bus_socket", "");
         write(r, "proc/812/comm", "bluetoothd\n");
@@ -360,7 +362,7 @@ mod tests {
             "Uid:\t1000\t1000\t1000\t1000\nGroups:\t27 112\n",
         );
         write(r, "etc/group", "sudo:x:27:me\nbluetooth:x:112:me\n");
-        std::fs::create_dir_all(r.join("sys/class/bluetooth/hci0")).unwrap();
+        std::fs::create_dir_all(r.join("sys/class/bluetooth/hci0")).expect("in a test");
         write(r, "sys/class/rfkill/rfkill0/type", "bluetooth\n");
         write(r, "sys/class/rfkill/rfkill0/soft", "0\n");
         write(r, "sys/class/rfkill/rfkill0/hard", "0\n");
@@ -368,7 +370,9 @@ mod tests {
         assert!(report.ready, "{}", report.render());
         assert_eq!(report.explain(), None);
         write(r, "sys/class/rfkill/rfkill0/soft", "1\n");
-        let why = diagnose(&env(r, true)).explain().unwrap();
+        let why = diagnose(&env(r, true))
+            .explain()
+            .expect("a failure to explain");
         assert!(why.contains("rfkill unblock bluetooth"), "{why}");
         write(r, "sys/class/rfkill/rfkill0/soft", "0\n");
         write(
@@ -376,13 +380,15 @@ mod tests {
             "proc/self/status",
             "Uid:\t1000\t1000\t1000\t1000\nGroups:\t27\n",
         );
-        let why = diagnose(&env(r, true)).explain().unwrap();
+        let why = diagnose(&env(r, true))
+            .explain()
+            .expect("a failure to explain");
         assert!(why.contains("usermod -aG bluetooth"), "{why}");
     }
 
     #[test]
     fn the_bus_address_from_the_environment_is_used() {
-        let root = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().expect("temp dir");
         let mut e = env(root.path(), true);
         e.bus_address = Some("unix:path=/tmp/bus,guid=1".into());
         assert_eq!(e.bus_socket(), root.path().join("tmp/bus"));

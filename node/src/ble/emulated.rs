@@ -390,13 +390,13 @@ mod tests {
     fn transfer(config: EmulatedConfig, bytes: usize) -> (Vec<u8>, u64) {
         let (mut a, mut b) = pair(config);
         let message: Vec<u8> = (0..bytes).map(|i| (i * 7) as u8).collect();
-        a.send(&message).unwrap();
+        a.send(&message).expect("in a test");
         loop {
-            if let Some(m) = b.try_recv().unwrap() {
+            if let Some(m) = b.try_recv().expect("in a test") {
                 return (m, b.now_us());
             }
-            a.try_recv().unwrap();
-            assert_ne!(a.wait(None).unwrap(), Wait::Idle);
+            a.try_recv().expect("in a test");
+            assert_ne!(a.wait(None).expect("in a test"), Wait::Idle);
         }
     }
 
@@ -435,8 +435,8 @@ mod tests {
             ..EmulatedConfig::phone(185)
         };
         let (mut a, mut b) = pair(config);
-        a.send(&[1u8; 300]).unwrap();
-        a.send(&[2u8; 3_000]).unwrap();
+        a.send(&[1u8; 300]).expect("in a test");
+        a.send(&[2u8; 3_000]).expect("in a test");
         let mut got = Vec::new();
         let err = loop {
             match b.try_recv() {

@@ -324,7 +324,7 @@ mod tests {
     fn pump(from: &mut Framing, to: &mut Framing) -> usize {
         let mut n = 0;
         while let Some(p) = from.poll_packet() {
-            to.handle_packet(&p).unwrap();
+            to.handle_packet(&p).expect("in a test");
             n += 1;
         }
         n
@@ -336,15 +336,15 @@ mod tests {
             let mut a = Framing::new(FramingConfig::with_mtu(mtu));
             let mut b = Framing::new(FramingConfig::with_mtu(mtu));
             let message: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
-            a.send_message(&message).unwrap();
-            a.send_message(&[]).unwrap();
+            a.send_message(&message).expect("in a test");
+            a.send_message(&[]).expect("in a test");
             let mut got = Vec::new();
             for _ in 0..1000 {
                 while let Some(p) = a.poll_packet() {
                     assert!(p.len() <= usize::from(mtu) - 3);
-                    b.handle_packet(&p).unwrap();
+                    b.handle_packet(&p).expect("in a test");
                 }
-                while let Some(m) = b.poll_message().unwrap() {
+                while let Some(m) = b.poll_message().expect("in a test") {
                     got.push(m);
                 }
                 pump(&mut b, &mut a);
@@ -364,12 +364,12 @@ mod tests {
         };
         let mut a = Framing::new(config);
         let mut b = Framing::new(config);
-        a.send_message(&[7u8; 19 * 20]).unwrap();
+        a.send_message(&[7u8; 19 * 20]).expect("in a test");
         // Only the initial credit's worth leaves before the receiver reads.
         assert_eq!(pump(&mut a, &mut b), 8);
         assert_eq!(a.poll_packet(), None);
         assert_eq!(a.stats().credit_stalls, 1);
-        assert_eq!(b.poll_message().unwrap(), None);
+        assert_eq!(b.poll_message().expect("in a test"), None);
         // Consuming eight packets grants eight back, in two batches of four.
         assert_eq!(pump(&mut b, &mut a), 2);
         assert_eq!(pump(&mut a, &mut b), 8);
@@ -384,7 +384,7 @@ mod tests {
         let mut b = Framing::new(config);
         let data = [VERSION << 4 | DATA, 1, 2];
         for _ in 0..8 {
-            b.handle_packet(&data).unwrap();
+            b.handle_packet(&data).expect("in a test");
         }
         assert_eq!(
             b.handle_packet(&data),
@@ -424,8 +424,10 @@ mod tests {
             Err(FramingError::MessageTooLarge { max: 100 })
         );
         let mut b = Framing::new(config);
-        b.handle_packet(&[VERSION << 4 | DATA; 90]).unwrap();
-        b.handle_packet(&[VERSION << 4 | END; 20]).unwrap();
+        b.handle_packet(&[VERSION << 4 | DATA; 90])
+            .expect("in a test");
+        b.handle_packet(&[VERSION << 4 | END; 20])
+            .expect("in a test");
         assert_eq!(
             b.poll_message(),
             Err(FramingError::MessageTooLarge { max: 100 })

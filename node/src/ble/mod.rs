@@ -33,6 +33,8 @@ pub mod policy;
 pub mod central;
 #[cfg(feature = "ble")]
 pub mod peripheral;
+#[cfg(feature = "ble")]
+pub mod runtime;
 
 pub use link::{ChannelPort, FramedLink, PacketPort};
 
@@ -50,4 +52,75 @@ pub fn short_id(key: &meshpay_proto::prelude::PublicKey) -> [u8; 4] {
     let mut id = [0u8; 4];
     id.copy_from_slice(&key.as_bytes()[..4]);
     id
+}
+
+/// Runs every doctor check on this machine; with the `ble` feature and
+/// the file-system checks passed, also asks BlueZ for the adapter.
+pub fn check_machine() -> doctor::Report {
+    #[allow(unused_mut)]
+    let mut report = doctor::diagnose(&doctor::Environment::system());
+    #[cfg(feature = "ble")]
+    if report.ready {
+        let probe = tokio::runtime::Runtime::new()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(async {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        peripheral::probe(),
+                    )
+                    .await
+                    {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err("BlueZ did not answer within 5 s".to_string()),
+                    }
+                })
+            });
+        let ok = probe.is_ok();
+        report.checks.push(doctor::Check {
+            name: "BlueZ answers",
+            status: if ok {
+                doctor::Status::Ok
+            } else {
+                doctor::Status::Fail
+            },
+            detail: match probe {
+                Ok(adapter) => format!("default adapter {adapter}"),
+                Err(e) => format!("BlueZ is there but refused: {e}"),
+            },
+            fix: (!ok).then(|| {
+                "`sudo systemctl restart bluetooth`; `bluetoothctl show` must list a controller"
+                    .into()
+            }),
+        });
+        report.ready = ok;
+    }
+    report
+}
+
+/// What `node run --ble` checks before it starts: `Err` is the doctor's
+/// first failure in plain words.
+pub fn preflight() -> Result<(), String> {
+    match check_machine().explain() {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "cannot run BLE: {why} (`meshpay ble doctor` shows every check)"
+        )),
+    }
+}
+
+/// Runs `node` on BLE until interrupted (after [`preflight`]).
+pub fn run(node: crate::node::Node) -> Result<(), String> {
+    #[cfg(feature = "ble")]
+    {
+        runtime::run(node, policy::PolicyConfig::default()).map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "ble"))]
+    {
+        drop(node);
+        Err(format!(
+            "this meshpay was built without BLE support. {}",
+            doctor::REBUILD_HINT
+        ))
+    }
 }
