@@ -51,7 +51,16 @@ impl Report {
     pub fn explain(&self) -> Option<String> {
         let c = self.checks.iter().find(|c| c.status == Status::Fail)?;
         Some(match &c.fix {
-            Some(fix) => format!("{}. {fix}", c.detail),
+            Some(fix) => {
+                let mut chars = fix.chars();
+                let first = chars.next().map(|f| f.to_uppercase().collect::<String>());
+                format!(
+                    "{}. {}{}",
+                    c.detail,
+                    first.unwrap_or_default(),
+                    chars.as_str()
+                )
+            }
             None => c.detail.clone(),
         })
     }
@@ -331,7 +340,10 @@ mod tests {
             why.starts_with("BlueZ is not running / no system bus at"),
             "{why}"
         );
-        assert!(why.contains("systemctl start dbus bluetooth"), "{why}");
+        assert!(
+            why.contains(". Start D-Bus and BlueZ (`sudo systemctl start dbus bluetooth`)"),
+            "{why}"
+        );
         let text = r.render();
         assert!(
             text.contains("[FAIL] Bluetooth adapter: no Bluetooth adapter"),
