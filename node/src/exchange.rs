@@ -309,7 +309,15 @@ fn pump(side: &mut Side<'_>) -> Result<bool, ExchangeError> {
             side.link.send(&message)?;
             step = true;
         }
-        if let Some(message) = side.link.try_recv()? {
+        let received = match side.link.try_recv() {
+            Ok(m) => m,
+            // A peer that hung up after this side finished: nothing lost.
+            Err(_) if side.conversation.is_done() && side.link.is_flushed() => {
+                return Ok(moved || step);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(message) = received {
             step = true;
             let now = millis(side.link.now_us());
             match message.split_first() {
@@ -380,13 +388,17 @@ pub fn drive_pair(mut a: Side<'_>, mut b: Side<'_>, limit_ms: u64) -> Result<End
 }
 
 /// Runs one end of an exchange against a remote peer until the
-/// conversation is done or `limit_ms` of link time has passed.
+/// conversation is done and its last messages have left this end, or
+/// `limit_ms` of link time has passed.
 pub fn drive(mut side: Side<'_>, limit_ms: u64) -> Result<Ended, ExchangeError> {
     let start = side.link.now_us();
     let limit_us = start.saturating_add(limit_ms.saturating_mul(1000));
     loop {
         let moved = pump(&mut side)?;
-        if side.conversation.is_done() {
+        let done = side.conversation.is_done();
+        // Done, and the last messages have left (not held for credit):
+        // the caller may close the link.
+        if done && side.link.is_flushed() {
             return Ok(Ended::Finished);
         }
         if moved {
@@ -395,9 +407,12 @@ pub fn drive(mut side: Side<'_>, limit_ms: u64) -> Result<Ended, ExchangeError> 
         if side.link.now_us() >= limit_us {
             return Err(ExchangeError::TimedOut(limit_ms));
         }
-        let deadline = next_timer_us([side.conversation.poll_timeout()])
-            .unwrap_or(limit_us)
-            .min(limit_us);
+        let timer = if done {
+            None
+        } else {
+            side.conversation.poll_timeout()
+        };
+        let deadline = next_timer_us([timer]).unwrap_or(limit_us).min(limit_us);
         if side.link.wait(Some(deadline))? == Wait::Idle {
             return Ok(Ended::Stalled);
         }

@@ -70,6 +70,13 @@ pub trait Link {
     /// Lets time pass until something may have arrived, or until
     /// `deadline_us` (on [`Link::now_us`]'s clock).
     fn wait(&mut self, deadline_us: Option<u64>) -> Result<Wait, LinkError>;
+
+    /// Whether everything handed to [`Link::send`] has left this end (a
+    /// link with flow control may hold messages until the peer grants
+    /// credit). Closing the link before then loses them.
+    fn is_flushed(&self) -> bool {
+        true
+    }
 }
 
 /// Both ends of an in-memory link: messages arrive at once, whole.

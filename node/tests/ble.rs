@@ -7,8 +7,9 @@ mod fixture;
 use fixture::World;
 use meshpay_node::ble::emulated::{self, EmulatedConfig, EmulatedLink};
 use meshpay_node::ble::framing::{Framing, FramingConfig};
+use meshpay_node::ble::{ChannelPort, FramedLink};
 use meshpay_node::exchange::{
-    Conversation, ExchangeError, PayeeSide, PayerSide, Side, SyncSide, drive_pair,
+    Conversation, ExchangeError, PayeeSide, PayerSide, Side, SyncSide, drive, drive_pair,
 };
 use meshpay_node::node::Node;
 use meshpay_node::store::Role;
@@ -351,4 +352,82 @@ proptest! {
             }
         }
     }
+}
+
+/// Wires two channel ports back to back through forwarding threads, as
+/// the GATT tasks do; `cut` stops forwarding after that many packets.
+fn channel_pair(cut: Option<usize>) -> (ChannelPort, ChannelPort) {
+    let (a, to_a, from_a) = ChannelPort::new();
+    let (b, to_b, from_b) = ChannelPort::new();
+    for (from, to) in [(from_a, to_b), (from_b, to_a)] {
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while let Ok(p) = from.recv() {
+                n += 1;
+                if cut.is_some_and(|c| n > c) || to.send(p).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    (a, b)
+}
+
+/// One side of a sync on its own thread, as `node run --ble` runs it.
+fn sync_thread(
+    mut node: Node,
+    port: ChannelPort,
+) -> std::thread::JoinHandle<(Node, Result<(), ExchangeError>)> {
+    std::thread::spawn(move || {
+        let mut link = FramedLink::new(port, FramingConfig::with_mtu(185));
+        let mut side = SyncSide::new(&node, SyncConfig::default(), Millis(0));
+        let r = drive(
+            Side {
+                node: &mut node,
+                conversation: &mut side,
+                link: &mut link,
+            },
+            20_000,
+        )
+        .map(|_| ());
+        (node, r)
+    })
+}
+
+#[test]
+fn sync_runs_over_channel_ports_between_threads_and_reports_a_cut() {
+    let world = World::new();
+    let (a, b) = sync_nodes(&world);
+    let (pa, pb) = channel_pair(None);
+    let (ta, tb) = (sync_thread(a, pa), sync_thread(b, pb));
+    let (a, ra) = ta.join().expect("thread");
+    let (b, rb) = tb.join().expect("thread");
+    ra.expect("a");
+    rb.expect("b");
+    assert_eq!(a.ledger().digest(), b.ledger().digest());
+    let union = a.ledger().digest();
+    drop((a, b));
+
+    // The same over a link that dies after 40 packets each way.
+    let world = World::new();
+    let (a, b) = sync_nodes(&world);
+    let (pa, pb) = channel_pair(Some(40));
+    let (ta, tb) = (sync_thread(a, pa), sync_thread(b, pb));
+    let (a, ra) = ta.join().expect("thread");
+    let (b, rb) = tb.join().expect("thread");
+    for r in [ra, rb] {
+        // Either the loss is seen, or (the forwarding thread still alive
+        // but silent) the session's own stall limit ends it.
+        assert!(
+            matches!(
+                r,
+                Err(ExchangeError::Link(LinkError::Lost { .. }))
+                    | Err(ExchangeError::Sync(_))
+                    | Err(ExchangeError::TimedOut(_))
+            ),
+            "{r:?}"
+        );
+    }
+    assert_ne!(a.ledger().digest(), union);
+    drop(b);
 }

@@ -127,22 +127,25 @@ impl<P: PacketPort> Link for FramedLink<P> {
                 return Err(e.into());
             }
         };
-        if let Some(m) = message {
-            if !self.lost {
-                // Consuming may have freed credit for the peer.
-                self.flush()?;
-            }
-            return Ok(Some(m));
+        if !self.lost {
+            // Consuming may have freed credit for the peer. A peer that
+            // is gone shows on the next call: what has arrived is still
+            // delivered.
+            let _ = self.flush();
         }
-        if self.lost {
-            return Err(self.lost());
+        match message {
+            Some(m) => Ok(Some(m)),
+            None if self.lost => Err(self.lost()),
+            None => Ok(None),
         }
-        self.flush()?;
-        Ok(None)
     }
 
     fn now_us(&self) -> u64 {
         self.port.now_us()
+    }
+
+    fn is_flushed(&self) -> bool {
+        !self.framing.has_unsent()
     }
 
     fn wait(&mut self, deadline_us: Option<u64>) -> Result<Wait, LinkError> {
