@@ -431,3 +431,44 @@ fn sync_runs_over_channel_ports_between_threads_and_reports_a_cut() {
     assert_ne!(a.ledger().digest(), union);
     drop(b);
 }
+
+#[test]
+fn payments_survive_link_layer_loss_and_slow_down_with_the_interval() {
+    let world = World::new();
+    let (mut payer, mut payee, mut ps, mut es) = payment(&world);
+    let (mut la, mut lb) = MemoryLink::pair();
+    run(
+        (&mut payer, &mut ps, &mut la),
+        (&mut payee, &mut es, &mut lb),
+    )
+    .expect("memory");
+    let expected = paid_receipt(&ps);
+
+    let mut finish = Vec::new();
+    for (interval_us, loss) in [(7_500, 0.0), (30_000, 0.0), (30_000, 0.3)] {
+        let world = World::new();
+        let (mut payer, mut payee, mut ps, mut es) = payment(&world);
+        let config = EmulatedConfig {
+            interval_us,
+            loss,
+            seed: 7,
+            ..EmulatedConfig::phone(185)
+        };
+        let (mut la, mut lb) = emulated::pair(config);
+        run(
+            (&mut payer, &mut ps, &mut la),
+            (&mut payee, &mut es, &mut lb),
+        )
+        .expect("ble");
+        assert_eq!(paid_receipt(&ps), expected);
+        assert_paid_once(&payer, &payee, &expected);
+        if loss > 0.0 {
+            assert!(la.port().stats().retransmissions > 0);
+        }
+        finish.push(la.now_us());
+    }
+    // Three messages, each an event after the last: the interval sets the
+    // pace, and resent PDUs only add to it.
+    assert!(finish[0] < finish[1], "{finish:?}");
+    assert!(finish[1] <= finish[2], "{finish:?}");
+}

@@ -357,6 +357,24 @@ mod tests {
     }
 
     #[test]
+    fn test_vectors_of_docs_ble_md() {
+        // A window of 32 announces the 24 packets beyond the initial 8.
+        let mut a = Framing::new(FramingConfig::with_mtu(23));
+        a.send_message(b"meshpay over BLE, framed").expect("fits");
+        let packets: Vec<String> = std::iter::from_fn(|| a.poll_packet())
+            .map(hex::encode)
+            .collect();
+        assert_eq!(
+            packets,
+            [
+                "121800",
+                "106d657368706179206f76657220424c452c2066",
+                "1172616d6564"
+            ]
+        );
+    }
+
+    #[test]
     fn sender_stops_at_the_window_until_credit_returns() {
         let config = FramingConfig {
             window: 8,
