@@ -72,6 +72,24 @@ pub trait Conversation {
     fn is_done(&self) -> bool;
 }
 
+/// What both payment sides forward to their session unchanged.
+macro_rules! payment_plumbing {
+    () => {
+        fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+            self.session.poll_transmit().map(|m| m.encode())
+        }
+
+        fn poll_timeout(&self) -> Option<Millis> {
+            self.session.poll_timeout()
+        }
+
+        fn handle_timeout(&mut self, _: &mut Node, now: Millis) -> Result<(), ExchangeError> {
+            self.session.handle_timeout(now);
+            Ok(())
+        }
+    };
+}
+
 /// The payer's side: confirms the invoice (starting the exchange is the
 /// user's consent), commits the spend before the transfer leaves, stores
 /// the receipt when the acknowledgement comes.
@@ -116,18 +134,7 @@ impl Conversation for PayerSide {
         Ok(())
     }
 
-    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.session.poll_transmit().map(|m| m.encode())
-    }
-
-    fn poll_timeout(&self) -> Option<Millis> {
-        self.session.poll_timeout()
-    }
-
-    fn handle_timeout(&mut self, _: &mut Node, now: Millis) -> Result<(), ExchangeError> {
-        self.session.handle_timeout(now);
-        Ok(())
-    }
+    payment_plumbing!();
 
     fn is_done(&self) -> bool {
         self.session.state().is_final()
@@ -184,18 +191,7 @@ impl Conversation for PayeeSide {
         Ok(())
     }
 
-    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.session.poll_transmit().map(|m| m.encode())
-    }
-
-    fn poll_timeout(&self) -> Option<Millis> {
-        self.session.poll_timeout()
-    }
-
-    fn handle_timeout(&mut self, _: &mut Node, now: Millis) -> Result<(), ExchangeError> {
-        self.session.handle_timeout(now);
-        Ok(())
-    }
+    payment_plumbing!();
 
     fn is_done(&self) -> bool {
         // A payer told that the allowance is unknown sends it along; any

@@ -5,7 +5,7 @@
 mod fixture;
 
 use fixture::World;
-use meshpay_node::ble::emulated::{self, EmulatedConfig, EmulatedLink};
+use meshpay_node::ble::emulated::{self, EmulatedConfig};
 use meshpay_node::ble::framing::{Framing, FramingConfig};
 use meshpay_node::ble::{ChannelPort, FramedLink};
 use meshpay_node::exchange::{
@@ -95,34 +95,27 @@ fn assert_paid_once(payer: &Node, payee: &Node, receipt: &Receipt) {
     assert_eq!(left, 100_000 - AMOUNT);
 }
 
-/// A clean payment over an emulated phone link at `mtu`.
-fn paid_over_emulated(mtu: u16) -> (World, Node, Node, PayerSide, EmulatedLink) {
+/// A clean payment over `link` (a fresh pair).
+fn paid_over<L: Link>(link: (L, L)) -> (World, Node, Node, PayerSide, L) {
     let world = World::new();
     let (mut payer, mut payee, mut ps, mut es) = payment(&world);
-    let (mut la, mut lb) = emulated::pair(EmulatedConfig::phone(mtu));
+    let (mut la, mut lb) = link;
     run(
         (&mut payer, &mut ps, &mut la),
         (&mut payee, &mut es, &mut lb),
     )
-    .expect("payment over the emulated link");
+    .expect("payment");
     (world, payer, payee, ps, la)
 }
 
 #[test]
 fn payments_over_emulated_ble_give_the_in_memory_result_at_every_mtu() {
-    let world = World::new();
-    let (mut payer, mut payee, mut ps, mut es) = payment(&world);
-    let (mut la, mut lb) = MemoryLink::pair();
-    run(
-        (&mut payer, &mut ps, &mut la),
-        (&mut payee, &mut es, &mut lb),
-    )
-    .expect("memory");
+    let (_world, payer, payee, ps, _) = paid_over(MemoryLink::pair());
     let expected = paid_receipt(&ps);
     assert_paid_once(&payer, &payee, &expected);
 
     for mtu in MTUS {
-        let (_world, payer, payee, ps, la) = paid_over_emulated(mtu);
+        let (_world, payer, payee, ps, la) = paid_over(emulated::pair(EmulatedConfig::phone(mtu)));
         assert_eq!(paid_receipt(&ps), expected, "mtu {mtu}");
         assert_paid_once(&payer, &payee, &expected);
         assert_eq!(
@@ -223,7 +216,10 @@ fn payment_with_drop(mtu: u16, cut: u64) -> Result<(), String> {
 fn payments_dropped_mid_frame_and_mid_handshake_recover_without_duplicate_or_lost_receipt() {
     for mtu in [23u16, 185] {
         // The bytes a clean payment carries, to cut at every point of it.
-        let s = paid_over_emulated(mtu).4.port().stats();
+        let s = paid_over(emulated::pair(EmulatedConfig::phone(mtu)))
+            .4
+            .port()
+            .stats();
         let total = s.payload_bytes[0] + s.payload_bytes[1];
         let step = if mtu == 23 { 13 } else { 29 };
         let mut cuts: Vec<u64> = (0..=total).step_by(step).collect();
@@ -434,32 +430,17 @@ fn sync_runs_over_channel_ports_between_threads_and_reports_a_cut() {
 
 #[test]
 fn payments_survive_link_layer_loss_and_slow_down_with_the_interval() {
-    let world = World::new();
-    let (mut payer, mut payee, mut ps, mut es) = payment(&world);
-    let (mut la, mut lb) = MemoryLink::pair();
-    run(
-        (&mut payer, &mut ps, &mut la),
-        (&mut payee, &mut es, &mut lb),
-    )
-    .expect("memory");
-    let expected = paid_receipt(&ps);
+    let expected = paid_receipt(&paid_over(MemoryLink::pair()).3);
 
     let mut finish = Vec::new();
     for (interval_us, loss) in [(7_500, 0.0), (30_000, 0.0), (30_000, 0.3)] {
-        let world = World::new();
-        let (mut payer, mut payee, mut ps, mut es) = payment(&world);
         let config = EmulatedConfig {
             interval_us,
             loss,
             seed: 7,
             ..EmulatedConfig::phone(185)
         };
-        let (mut la, mut lb) = emulated::pair(config);
-        run(
-            (&mut payer, &mut ps, &mut la),
-            (&mut payee, &mut es, &mut lb),
-        )
-        .expect("ble");
+        let (_world, payer, payee, ps, la) = paid_over(emulated::pair(config));
         assert_eq!(paid_receipt(&ps), expected);
         assert_paid_once(&payer, &payee, &expected);
         if loss > 0.0 {
