@@ -96,7 +96,7 @@ impl EmulatedConfig {
     }
 
     /// Link-layer PDUs one ATT packet of `packet` bytes (ATT header
-    /// excluded) takes, and the largest PDU's payload.
+    /// excluded) takes.
     fn fragments(packet: usize) -> u32 {
         (packet + ATT_HEADER + L2CAP_HEADER).div_ceil(LL_MAX_PAYLOAD) as u32
     }
