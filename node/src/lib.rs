@@ -2,24 +2,31 @@
 //!
 //! The I/O shell around `meshpay-proto`: storage ([`store`], redb), nodes
 //! that turn the protocol machines' effects into durable writes
-//! ([`node`]), in-process links ([`local`]) and the `meshpay demo`
-//! scenario ([`demo`]).
+//! ([`node`]), the libp2p local mesh and its control API ([`mesh`],
+//! [`control`]), the Bluetooth LE transport ([`ble`]), in-process links
+//! ([`local`]) and the `meshpay demo` scenario ([`demo`]).
 //!
-//! Still to come (see the open issues): the libp2p local mesh and its
-//! control API, the settlement service and gateway relay, and the BLE
-//! transport. They move the same protocol messages as [`local`].
+//! Payments and syncs run over any [`transport::Link`] through one
+//! driving loop ([`exchange`]): in memory, over the emulated BLE link, or
+//! over a GATT connection.
+//!
+//! Still to come (see the open issues): the settlement service and
+//! gateway relay.
 
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod ble;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod exchange;
 pub mod keyfile;
 pub mod local;
 pub mod mesh;
 pub mod node;
 pub mod settlement;
 pub mod store;
+pub mod transport;
 
 /// The operating system's random number generator failed.
 #[derive(Debug, thiserror::Error)]

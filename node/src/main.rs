@@ -180,6 +180,11 @@ enum Command {
         #[command(subcommand)]
         action: SettlementAction,
     },
+    /// Bluetooth LE.
+    Ble {
+        #[command(subcommand)]
+        action: BleAction,
+    },
     /// Run the whole story on this machine: allowances, offline payments,
     /// a network split, a cloned wallet spending twice, the mesh catching
     /// it, and the culprit refused everywhere.
@@ -243,6 +248,19 @@ enum NodeAction {
         sync_interval: Option<u64>,
         #[command(flatten)]
         unlock: Unlock,
+        /// Run on Bluetooth LE instead of the LAN mesh (see docs/ble.md).
+        #[arg(long)]
+        ble: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BleAction {
+    /// Check the adapter, BlueZ and permissions; say what is missing.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -354,8 +372,9 @@ fn main() -> ExitCode {
                     net,
                     sync_interval,
                     unlock,
+                    ble,
                 },
-        } => run_node(&dir, &net, sync_interval, &unlock),
+        } => run_node(&dir, &net, sync_interval, &unlock, ble),
         Command::Request { dir, amount, currency, memo, json } => {
             parse_amount(&amount).and_then(|amount| {
                 let body = json!({ "amount": amount, "currency": currency, "memo": memo });
@@ -472,6 +491,9 @@ fn main() -> ExitCode {
                 config,
             )
         })(),
+        Command::Ble {
+            action: BleAction::Doctor { json },
+        } => return ble_doctor(json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -580,7 +602,13 @@ fn run_node(
     net: &Net,
     sync_interval: Option<u64>,
     unlock: &Unlock,
+    ble: bool,
 ) -> Result<(), String> {
+    if ble {
+        // Before anything else: a machine without Bluetooth gets the
+        // doctor's explanation, not a D-Bus error.
+        meshpay_node::ble::preflight()?;
+    }
     let data = DataDir(dir.data_dir.clone());
     let config = data.config().map_err(|e| e.to_string())?;
     let key = unlock.key(&data)?;
@@ -608,6 +636,9 @@ fn run_node(
         .map_err(|e| format!("bad control address: {e}"))?;
     let node = Node::open("node", &data.database(), key, TrustStore::new(issuer))
         .map_err(|e| e.to_string())?;
+    if ble {
+        return meshpay_node::ble::run(node);
+    }
     let mesh_config = MeshConfig {
         listen,
         peers,
@@ -645,6 +676,23 @@ fn run_node(
         let _ = std::fs::remove_file(&control_file);
         Ok::<(), String>(())
     })
+}
+
+fn ble_doctor(json: bool) -> ExitCode {
+    let report = meshpay_node::ble::check_machine();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    if report.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn issuer(action: IssuerAction) -> Result<(), String> {

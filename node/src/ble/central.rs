@@ -1,0 +1,147 @@
+//! The central role with btleplug: scan for meshpay advertisements, ask
+//! the [`ConnectionPolicy`] whom to connect to, connect, check the
+//! service's version, subscribe to notifications, and bridge the
+//! connection to a [`ChannelPort`] for the exchange.
+
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use btleplug::api::{
+    Central as _, CentralEvent, Characteristic, Manager as _, Peripheral as _, ScanFilter,
+    WriteType,
+};
+use btleplug::platform::{Adapter, Manager, Peripheral};
+use futures::StreamExt;
+use uuid::Uuid;
+
+use super::advert::Advertisement;
+use super::framing::VERSION;
+use super::policy::{ConnectionPolicy, Decision, OwnState};
+use super::runtime::{BleError, IncomingLink};
+use super::{ChannelPort, RX_UUID, SERVICE_UUID, TX_UUID, VERSION_UUID};
+
+/// The first Bluetooth adapter.
+pub async fn adapter() -> Result<Adapter, BleError> {
+    let manager = Manager::new().await?;
+    manager
+        .adapters()
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(BleError::NoAdapter)
+}
+
+fn find(p: &Peripheral, uuid: u128) -> Result<Characteristic, BleError> {
+    p.characteristics()
+        .into_iter()
+        .find(|c| {
+            c.uuid == Uuid::from_u128(uuid) && c.service_uuid == Uuid::from_u128(SERVICE_UUID)
+        })
+        .ok_or(BleError::NoService)
+}
+
+/// Connects to `p`, checks the service and bridges it to a port; returns
+/// the port and the ATT MTU.
+pub async fn connect(p: &Peripheral) -> Result<(ChannelPort, u16), BleError> {
+    p.connect().await?;
+    p.discover_services().await?;
+    let rx = find(p, RX_UUID)?;
+    let tx = find(p, TX_UUID)?;
+    let version = p.read(&find(p, VERSION_UUID)?).await?;
+    if version.first() != Some(&VERSION) {
+        let _ = p.disconnect().await;
+        return Err(BleError::Version(version.first().copied().unwrap_or(0)));
+    }
+    p.subscribe(&tx).await?;
+    let mut notifications = p.notifications().await?;
+    let (port, to_port, from_port) = ChannelPort::new();
+    let tx_uuid = tx.uuid;
+    tokio::spawn(async move {
+        while let Some(n) = notifications.next().await {
+            if n.uuid == tx_uuid && to_port.send(n.value).is_err() {
+                break;
+            }
+        }
+    });
+    let writer = p.clone();
+    let handle = tokio::runtime::Handle::current();
+    std::thread::spawn(move || {
+        while let Ok(packet) = from_port.recv() {
+            let sent = handle.block_on(writer.write(&rx, &packet, WriteType::WithoutResponse));
+            if sent.is_err() {
+                break;
+            }
+        }
+        // The exchange dropped its port: the link is done.
+        let _ = handle.block_on(writer.disconnect());
+    });
+    Ok((port, p.mtu()))
+}
+
+/// Scans until the adapter's event stream ends, connecting to the nodes
+/// the policy picks and handing each link to `links`.
+pub async fn scan(
+    adapter: Adapter,
+    own: Arc<Mutex<OwnState>>,
+    policy: Arc<Mutex<ConnectionPolicy>>,
+    links: mpsc::Sender<IncomingLink>,
+) -> Result<(), BleError> {
+    let started = Instant::now();
+    let mut events = adapter.events().await?;
+    // Filtered here, on the service data: the advertisement carries the
+    // service UUID only there (see advert.rs).
+    adapter.start_scan(ScanFilter::default()).await?;
+    while let Some(event) = events.next().await {
+        let CentralEvent::ServiceDataAdvertisement { id, service_data } = event else {
+            continue;
+        };
+        let Some(data) = service_data.get(&Uuid::from_u128(SERVICE_UUID)) else {
+            continue;
+        };
+        let Ok(advert) = Advertisement::from_service_data(data) else {
+            continue;
+        };
+        let peripheral = adapter.peripheral(&id).await?;
+        let rssi = peripheral
+            .properties()
+            .await?
+            .and_then(|p| p.rssi)
+            .unwrap_or(i16::MIN);
+        let now_ms = started.elapsed().as_millis() as u64;
+        let own_state = *own.lock().map_err(|_| BleError::Poisoned)?;
+        {
+            let mut policy = policy.lock().map_err(|_| BleError::Poisoned)?;
+            match policy.decide(&own_state, &advert, rssi, now_ms) {
+                Decision::Connect if policy.admit(advert.node) => {}
+                Decision::Connect => continue,
+                Decision::Skip(why) => {
+                    tracing::trace!(node = %hex::encode(advert.node), ?why, "not connecting");
+                    continue;
+                }
+            }
+        }
+        match connect(&peripheral).await {
+            Ok((port, mtu)) => {
+                tracing::info!(node = %hex::encode(advert.node), mtu, rssi, "connected");
+                let link = IncomingLink {
+                    peer: hex::encode(advert.node),
+                    node: Some(advert.node),
+                    port,
+                    mtu,
+                };
+                if links.send(link).is_err() {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                tracing::info!(node = %hex::encode(advert.node), error = %e, "connection failed; backing off");
+                let now_ms = started.elapsed().as_millis() as u64;
+                policy
+                    .lock()
+                    .map_err(|_| BleError::Poisoned)?
+                    .closed(advert.node, false, now_ms);
+            }
+        }
+    }
+    Ok(())
+}
