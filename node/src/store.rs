@@ -25,6 +25,8 @@ const RECEIPTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("receip
 const LEDGER: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("ledger");
 /// What sync sessions remembered about each peer, by transport peer id.
 const PEERS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("peers");
+/// Receipts sealed to settlement, carried for others.
+const CARRIED: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("carried");
 
 /// Why the store failed. Each names the database file.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +79,6 @@ pub enum Role {
     Paid,
     /// This node was paid.
     Received,
-    /// Carried for others, to relay to settlement; dropped once
-    /// settlement acknowledges it.
-    Carried,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -118,7 +117,11 @@ impl Store {
         })?;
         let store = Store { db, path };
         match store.schema()? {
-            Some(v) if v == SCHEMA_VERSION => {}
+            // Tables added within this schema version are created on open.
+            Some(v) if v == SCHEMA_VERSION => store.write(|tx| {
+                tx.open_table(CARRIED)?;
+                Ok(())
+            })?,
             Some(found) => {
                 return Err(StoreError::Schema {
                     path: store.path,
@@ -144,6 +147,7 @@ impl Store {
                 tx.open_table(RECEIPTS)?;
                 tx.open_table(LEDGER)?;
                 tx.open_table(PEERS)?;
+                tx.open_table(CARRIED)?;
                 Ok(())
             })?,
         }
@@ -381,30 +385,51 @@ impl Store {
         self.read(RECEIPTS, id.as_bytes(), "receipts", decode_receipt)
     }
 
-    /// Drops a carried receipt (settlement acknowledged it). Receipts this
-    /// node is party to are never dropped.
-    pub fn drop_carried(&self, ids: &[TransferId]) -> Result<usize, StoreError> {
-        let mut dropped = 0;
+    /// Keeps a receipt sealed to settlement that this node carries for
+    /// others (transfer id -> encoded `SealedReceipt`).
+    pub fn put_carried(&self, id: &TransferId, sealed: &[u8]) -> Result<(), StoreError> {
         self.write(|tx| {
-            let mut t = tx.open_table(RECEIPTS)?;
-            for id in ids {
-                let carried = t
-                    .get(id.as_bytes().as_slice())?
-                    .map(|v| decode_receipt(v.value()))
-                    .transpose()
-                    .map_err(std::io::Error::other)?
-                    .is_some_and(|(_, role)| role == Role::Carried);
-                if carried {
-                    t.remove(id.as_bytes().as_slice())?;
-                    dropped += 1;
-                }
-            }
+            tx.open_table(CARRIED)?
+                .insert(id.as_bytes().as_slice(), sealed)?;
             Ok(())
-        })?;
-        Ok(dropped)
+        })
     }
 
-    /// Every receipt this node holds: its own and those it carries.
+    /// Whether this node carries `id`.
+    pub fn carries(&self, id: &TransferId) -> Result<bool, StoreError> {
+        Ok(self
+            .read(CARRIED, id.as_bytes(), "carried", |_| Ok(()))?
+            .is_some())
+    }
+
+    /// Every carried receipt: transfer id and encoded `SealedReceipt`.
+    pub fn carried(&self) -> Result<Vec<(TransferId, Vec<u8>)>, StoreError> {
+        let t = self.table(CARRIED)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.io("iterate")(e.to_string()))? {
+            let (k, v) = item.map_err(|e| self.io("iterate")(e.to_string()))?;
+            let id: [u8; 32] = k
+                .value()
+                .try_into()
+                .map_err(|_| self.damaged("carried", "a key is not a transfer id"))?;
+            out.push((TransferId(id), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Drops carried receipts (settlement acknowledged them, or could not
+    /// open them).
+    pub fn drop_carried(&self, ids: &[TransferId]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut t = tx.open_table(CARRIED)?;
+            for id in ids {
+                t.remove(id.as_bytes().as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every receipt this node is party to.
     pub fn receipts(&self) -> Result<Vec<(Receipt, Role)>, StoreError> {
         self.all(RECEIPTS, "receipts", decode_receipt)
     }

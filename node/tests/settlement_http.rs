@@ -268,6 +268,32 @@ fn hostile_http_gets_4xx_and_stores_nothing() {
     );
     assert_eq!(balance(addr, &bob), 0);
 
+    // Sealed to the service: a genuine one settles; a damaged seal is
+    // reported as unopened and settles nothing.
+    let issuer = SecretKey::from_seed(&[1; 32]).public();
+    let mut r = receipts(&alice, &bob, &a, 1, 10);
+    let good = meshpay_proto::sealed::seal(&r.remove(0), &issuer, [5; 32]).expect("seal");
+    let mut damaged = good.clone();
+    damaged.sealed[0] ^= 1;
+    let (code, v) = call(
+        addr,
+        "POST",
+        "/v1/receipts",
+        Some(json!({"sealed": [hex::encode(damaged.encode())]})),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["unopened"][0], damaged.transfer_id().to_string(), "{v}");
+    assert_eq!(balance(addr, &bob), 0);
+    let (code, v) = call(
+        addr,
+        "POST",
+        "/v1/receipts",
+        Some(json!({"sealed": [hex::encode(good.encode())]})),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["receipts"][0]["outcome"], "Settled", "{v}");
+    assert_eq!(balance(addr, &bob), 10);
+
     // Replayed: the same signed wallet request twice.
     let again = request_hex(&alice, 9, 100, 10);
     let (code, _) = call(

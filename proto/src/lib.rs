@@ -72,6 +72,7 @@ pub mod handshake;
 pub mod known;
 pub mod ledger;
 pub mod revocation;
+pub mod sealed;
 pub mod settlement;
 pub mod settlement_ack;
 pub mod signed;

@@ -172,6 +172,18 @@ impl Transfer {
         }
     }
 
+    /// Puts a signed header and its body back together; `None` if the body
+    /// is not the one the header commits to. The payer's signature is not
+    /// checked here.
+    pub fn from_parts(header: SignedHeader, body: TransferBody) -> Option<Transfer> {
+        let matches = header.terms.body_hash == body.hash();
+        matches.then_some(Transfer {
+            header: header.terms,
+            body,
+            payer_signature: header.signature,
+        })
+    }
+
     /// Whether `payer` signed the header (and so, through the hash, the body).
     pub fn verify_payer(&self, payer: &PublicKey) -> bool {
         self.signed_header().verify_by(payer)

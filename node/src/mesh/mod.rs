@@ -343,21 +343,19 @@ impl Mesh {
             .node
             .receipts()?
             .into_iter()
-            .filter_map(|(r, role)| {
+            .map(|(r, role)| {
                 let h = r.transfer.header();
-                Some(HistoryEntry {
+                HistoryEntry {
                     transfer: r.transfer.id().to_string(),
                     role: match role {
                         Role::Paid => "paid",
                         Role::Received => "received",
-                        // Carried for others: not this node's history.
-                        Role::Carried => return None,
                     },
                     amount: h.amount,
                     allowance: h.allowance.to_string(),
                     seq: h.seq,
                     payee: r.transfer.body().payee.to_string(),
-                })
+                }
             })
             .collect();
         out.sort_by(|a, b| (&a.allowance, a.seq).cmp(&(&b.allowance, b.seq)));
@@ -421,9 +419,7 @@ impl Mesh {
             proofs: ledger.proofs().len(),
             syncs_completed: self.syncs_completed,
             outbox: self.outbox().map_or(0, |o| o.len()),
-            carried: self.node.receipts().map_or(0, |r| {
-                r.iter().filter(|(_, role)| *role == Role::Carried).count()
-            }),
+            carried: self.node.store().carried().map_or(0, |c| c.len()),
             uplinks: self.uplinks,
         }
     }
@@ -912,34 +908,52 @@ impl Mesh {
         self.drop_acknowledged();
     }
 
-    /// Receipts held that no acknowledgement in the ledger covers.
-    fn outbox(&self) -> Result<Vec<Receipt>, NodeError> {
+    /// Receipts held that no acknowledgement in the ledger covers, sealed
+    /// to settlement: this node's own (sealed now) and those it carries.
+    fn outbox(&self) -> Result<Vec<(TransferId, Vec<u8>)>, NodeError> {
         let ledger = self.node.ledger();
-        Ok(self
-            .node
-            .receipts()?
-            .into_iter()
-            .map(|(r, _)| r)
-            .filter(|r| !ledger.is_settled(&r.transfer.id()))
-            .collect())
+        let issuer = *ledger.trust().root();
+        let mut rng = crate::os_rng()?;
+        let mut out = Vec::new();
+        for (r, _) in self.node.receipts()? {
+            let id = r.transfer.id();
+            if ledger.is_settled(&id) {
+                continue;
+            }
+            let mut entropy = [0u8; 32];
+            rand::Rng::fill_bytes(&mut rng, &mut entropy);
+            match meshpay_proto::sealed::seal(&r, &issuer, entropy) {
+                Ok(sealed) => out.push((id, sealed.encode())),
+                Err(e) => tracing::error!(error = %e, "cannot seal a receipt"),
+            }
+        }
+        for (id, sealed) in self.node.store().carried()? {
+            if !ledger.is_settled(&id) && !out.iter().any(|(o, _)| *o == id) {
+                out.push((id, sealed));
+            }
+        }
+        Ok(out)
     }
 
     /// Drops carried receipts that settlement acknowledged.
     fn drop_acknowledged(&mut self) {
-        let Ok(receipts) = self.node.receipts() else {
+        let Ok(carried) = self.node.store().carried() else {
             return;
         };
         let ledger = self.node.ledger();
-        let settled: Vec<TransferId> = receipts
+        let settled: Vec<TransferId> = carried
             .iter()
-            .filter(|(r, role)| *role == Role::Carried && ledger.is_settled(&r.transfer.id()))
-            .map(|(r, _)| r.transfer.id())
+            .map(|(id, _)| *id)
+            .filter(|id| ledger.is_settled(id))
             .collect();
         if settled.is_empty() {
             return;
         }
         match self.node.store().drop_carried(&settled) {
-            Ok(n) => tracing::info!(dropped = n, "acknowledged receipts dropped from the outbox"),
+            Ok(()) => tracing::info!(
+                dropped = settled.len(),
+                "acknowledged receipts dropped from the outbox"
+            ),
             Err(e) => tracing::error!(error = %e, "could not drop acknowledged receipts"),
         }
     }
@@ -950,13 +964,13 @@ impl Mesh {
             return;
         };
         let handed = self.handed.entry(peer).or_default();
-        let fresh: Vec<Receipt> = outbox
+        let fresh: Vec<(TransferId, Vec<u8>)> = outbox
             .into_iter()
-            .filter(|r| !handed.contains(&r.transfer.id()))
+            .filter(|(id, _)| !handed.contains(id))
             .collect();
         for chunk in fresh.chunks(relay::RELAY_BATCH) {
-            handed.extend(chunk.iter().map(|r| r.transfer.id()));
-            let list = chunk.iter().map(Encode::encode).collect();
+            handed.extend(chunk.iter().map(|(id, _)| *id));
+            let list = chunk.iter().map(|(_, b)| b.clone()).collect();
             self.swarm
                 .behaviour_mut()
                 .rr
@@ -964,25 +978,34 @@ impl Mesh {
         }
     }
 
-    /// Keeps relayed receipts whose payee signature verifies, that no
+    /// Keeps relayed sealed receipts whose header's payer signature
+    /// verifies (against an allowance in the ledger) and that no
     /// acknowledgement covers, up to [`relay::MAX_CARRIED`].
     fn take_relayed(&mut self, peer: PeerId, list: &[Vec<u8>]) -> MeshResponse {
-        let mut carried = match self.node.receipts() {
-            Ok(r) => r.iter().filter(|(_, role)| *role == Role::Carried).count(),
+        use meshpay_proto::validate::MeshView;
+        let mut carried = match self.node.store().carried() {
+            Ok(c) => c.len(),
             Err(e) => return MeshResponse::Refused(e.to_string()),
         };
         let mut new = 0u32;
         for bytes in list {
-            let Ok(r) = Receipt::decode(bytes) else {
+            let Ok(sealed) = meshpay_proto::sealed::SealedReceipt::decode(bytes) else {
                 tracing::warn!(%peer, "malformed relayed receipt");
-                return MeshResponse::Refused("malformed receipt".into());
+                return MeshResponse::Refused("malformed sealed receipt".into());
             };
-            let id = r.transfer.id();
-            if !r.verify_payee() {
-                return MeshResponse::Refused("a relayed receipt's payee signature fails".into());
+            let id = sealed.transfer_id();
+            let ledger = self.node.ledger();
+            let Some(allowance) = ledger.allowance(&sealed.header.allowance) else {
+                // Its allowance travels with its header in the ledger; the
+                // next hand-over after a sync brings it again.
+                continue;
+            };
+            if !sealed.header.verify_by(&allowance.allowance().wallet) {
+                return MeshResponse::Refused("a relayed header's payer signature fails".into());
             }
-            if self.node.ledger().is_settled(&id)
+            if ledger.is_settled(&id)
                 || matches!(self.node.store().receipt(&id), Ok(Some(_)))
+                || matches!(self.node.store().carries(&id), Ok(true))
             {
                 continue;
             }
@@ -990,7 +1013,7 @@ impl Mesh {
                 tracing::warn!("carrying {carried} receipts already; refusing more");
                 break;
             }
-            if let Err(e) = self.node.store().commit_receipt(&r, Role::Carried) {
+            if let Err(e) = self.node.store().put_carried(&id, bytes) {
                 tracing::error!(error = %e, "could not keep a relayed receipt");
                 return MeshResponse::Refused("storage failed".into());
             }
@@ -1010,8 +1033,8 @@ impl Mesh {
         if self.uplink_busy {
             return;
         }
-        let outbox: Vec<Vec<u8>> = match self.outbox() {
-            Ok(o) => o.iter().map(Encode::encode).collect(),
+        let outbox: Vec<(TransferId, Vec<u8>)> = match self.outbox() {
+            Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the outbox");
                 return;
@@ -1044,6 +1067,17 @@ impl Mesh {
             }
         };
         self.uplinks += 1;
+        if !up.unopened.is_empty() {
+            // Settlement could not open these: damaged or forged on the
+            // way. The parties to them still hold the real ones.
+            tracing::warn!(
+                count = up.unopened.len(),
+                "settlement could not open carried receipts; dropped"
+            );
+            if let Err(e) = self.node.store().drop_carried(&up.unopened) {
+                tracing::error!(error = %e, "could not drop unopened receipts");
+            }
+        }
         let mut entries: Vec<Entry> = up.acks.into_iter().map(Entry::Ack).collect();
         let revocations = up.revocations.clone();
         entries.extend(up.revocations.map(Entry::Revocations));

@@ -234,7 +234,13 @@ async fn lost(State(app): State<AppState>, body: Body<WalletRequestBody>) -> Rep
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReceiptsBody {
+    /// Receipts in clear (hex).
+    #[serde(default)]
     receipts: Vec<String>,
+    /// Receipts sealed to this service (hex `SealedReceipt`), as relays
+    /// carry them.
+    #[serde(default)]
+    sealed: Vec<String>,
 }
 
 async fn receipts(State(app): State<AppState>, body: Body<ReceiptsBody>) -> Reply {
@@ -242,18 +248,40 @@ async fn receipts(State(app): State<AppState>, body: Body<ReceiptsBody>) -> Repl
         Ok(b) => b,
         Err(r) => return r,
     };
-    if body.receipts.len() > MAX_BATCH {
+    if body.receipts.len() + body.sealed.len() > MAX_BATCH {
         return bad(format!("at most {MAX_BATCH} receipts per batch"));
     }
-    let mut batch = Vec::with_capacity(body.receipts.len());
+    let mut batch = Vec::with_capacity(body.receipts.len() + body.sealed.len());
     for (i, text) in body.receipts.iter().enumerate() {
         match hex_object::<Receipt>(&format!("receipt {i}"), text) {
             Ok(r) => batch.push(r),
             Err(r) => return r,
         }
     }
-    match app.with(move |s| s.submit(&batch, now())).await {
-        Ok(done) => ok(json!({
+    let mut sealed = Vec::with_capacity(body.sealed.len());
+    for (i, text) in body.sealed.iter().enumerate() {
+        match hex_object::<meshpay_proto::sealed::SealedReceipt>(&format!("sealed {i}"), text) {
+            Ok(r) => sealed.push(r),
+            Err(r) => return r,
+        }
+    }
+    match app
+        .with(move |s| {
+            // A sealed receipt that does not open is reported, not fatal:
+            // a relay may carry one damaged or forged copy among many.
+            let mut unopened = Vec::new();
+            for item in &sealed {
+                match s.open_sealed(item) {
+                    Ok(r) => batch.push(r),
+                    Err(_) => unopened.push(item.transfer_id().to_string()),
+                }
+            }
+            Ok((s.submit(&batch, now())?, unopened))
+        })
+        .await
+    {
+        Ok((done, unopened)) => ok(json!({
+            "unopened": unopened,
             "receipts": done.receipts,
             "ack": done.ack.as_ref().map(|a| hex::encode(a.encode())),
             "ack_serial": done.ack.as_ref().map(|a| a.serial),

@@ -150,6 +150,14 @@ impl<K: Kv> Service<K> {
         })
     }
 
+    /// Opens a receipt sealed to this service.
+    pub fn open_sealed(
+        &self,
+        sealed: &meshpay_proto::sealed::SealedReceipt,
+    ) -> Result<Receipt, meshpay_proto::sealed::SealError> {
+        sealed.open(&self.issuer)
+    }
+
     /// The issuer's public key.
     pub fn issuer(&self) -> PublicKey {
         self.issuer.public()
