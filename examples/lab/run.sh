@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A lab mesh on one machine: N meshpay nodes on loopback, chained as
-# node1 <- node2 <- ... <- nodeN (each dials the previous one), an issuer
-# that escrows an allowance for node N, a few payments from node N to
-# node 1 across the chain, and every ledger converging.
+# A lab mesh on one machine: a settlement service and N meshpay nodes on
+# loopback, chained as node1 <- node2 <- ... <- nodeN (each dials the
+# previous one); node N loads an allowance online, pays node N-1 a few
+# times offline, every ledger converges, and the receipts reach settlement
+# through node1, the only gateway, sealed; every outbox empties.
 #
 #   bash examples/lab/run.sh [N]        (N = 3..20, default 4)
 #
@@ -28,6 +29,25 @@ say "lab directory: $LAB"
 ISSUER=$("$M" issuer new --out "$LAB/issuer.key")
 echo "issuer root key: $ISSUER"
 
+say "the settlement service (the issuer's side, online)"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$LAB/operator.token"
+"$M" settlement serve --data-dir "$LAB/settlement" --issuer-key "$LAB/issuer.key" \
+  --listen 127.0.0.1:0 --operator-token-file "$LAB/operator.token" 2>"$LAB/settlement.log" &
+PIDS+=($!)
+for _ in $(seq 100); do [[ -s "$LAB/settlement/settlement.addr" ]] && break; sleep 0.1; done
+SETTLEMENT="http://$(cat "$LAB/settlement/settlement.addr")"
+echo "settlement at $SETTLEMENT"
+http() {  # http METHOD PATH [JSON]: call the service, print the JSON answer
+  python3 - "$SETTLEMENT" "$@" "$(cat "$LAB/operator.token")" <<'PY'
+import json, sys, urllib.request
+url, method, path = sys.argv[1], sys.argv[2], sys.argv[3]
+body = sys.argv[4].encode() if len(sys.argv) > 5 else None
+req = urllib.request.Request(url + path, data=body, method=method,
+    headers={"Content-Type": "application/json", "Authorization": "Bearer " + sys.argv[-1]})
+print(urllib.request.urlopen(req).read().decode())
+PY
+}
+
 addr_of() {  # the libp2p address of a running node
   "$M" status --json --data-dir "$1" |
     python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["listening"][0]+"/p2p/"+v["peer_id"])'
@@ -43,6 +63,7 @@ for i in $(seq 1 "$N"); do
   "$M" init --data-dir "$D" --issuer "$ISSUER" --no-mdns >/dev/null
   ARGS=(node run --data-dir "$D" --listen /ip4/127.0.0.1/tcp/0 --no-mdns --sync-interval 1)
   [[ -n "$PREV" ]] && ARGS+=(--peer "$PREV")
+  [[ "$i" == 1 ]] && ARGS+=(--settlement "$SETTLEMENT")   # node1 is the gateway
   RUST_LOG=info "$M" "${ARGS[@]}" 2>"$D/node.log" &
   PIDS+=($!)
   wait_up "$D"
@@ -50,10 +71,10 @@ for i in $(seq 1 "$N"); do
   echo "node$i up at $PREV"
 done
 
-say "the issuer escrows 100.00 EUR for node$N (online, before the ship sails)"
+say "node$N's owner deposits 150.00 EUR and loads a 100.00 EUR allowance (online, before the ship sails)"
 WALLET=$("$M" status --json --data-dir "$LAB/node$N" | python3 -c 'import json,sys; print(json.load(sys.stdin)["wallet"])')
-ALLOWANCE=$("$M" issuer allowance --key "$LAB/issuer.key" --wallet "$WALLET" --amount 100.00)
-"$M" allowance add --data-dir "$LAB/node$N" "$ALLOWANCE"
+http POST /v1/deposits "{\"wallet\": \"$WALLET\", \"amount\": 15000}"
+"$M" allowance load --data-dir "$LAB/node$N" --settlement "$SETTLEMENT" --amount 100.00
 
 say "node$N pays node$((N-1)) three times (its neighbour on the mesh)"
 for amount in 4.50 12.00 3.20; do
@@ -73,3 +94,13 @@ done
 say "node$((N-1))'s history"
 "$M" history --data-dir "$LAB/node$((N-1))"
 [[ "$DIGESTS" == 1 ]] && echo "all $N ledgers agree" || { echo "ledgers did not converge" >&2; exit 1; }
+
+say "the receipts travel sealed to node1, which uploads them; acknowledgements come back"
+for _ in $(seq 60); do
+  LEFT=$(for i in $(seq 1 "$N"); do "$M" status --json --data-dir "$LAB/node$i" | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["outbox"] + v["carried"])'; done | awk '{s+=$1} END {print s}')
+  [[ "$LEFT" == 0 ]] && break
+  sleep 0.5
+done
+PAYEE=$("$M" status --json --data-dir "$LAB/node$((N-1))" | python3 -c 'import json,sys; print(json.load(sys.stdin)["wallet"])')
+echo "node$((N-1))'s online balance: $(http GET "/v1/accounts/$PAYEE")"
+[[ "$LEFT" == 0 ]] && echo "every receipt settled; every outbox is empty" || { echo "outboxes not empty" >&2; exit 1; }
