@@ -217,6 +217,10 @@ enum SettlementAction {
         /// Use PostgreSQL instead of redb: postgres://user:pass@host/db.
         #[arg(long, env = "MESHPAY_DATABASE", value_name = "URL")]
         database: Option<String>,
+        /// The PostgreSQL schema to keep the data in (created if missing),
+        /// so that several services can share one database.
+        #[arg(long, env = "MESHPAY_DATABASE_SCHEMA", default_value = "public")]
+        database_schema: String,
         /// A file holding the bearer token that authorises deposits
         /// (without it, deposits are refused).
         #[arg(long, value_name = "FILE")]
@@ -464,6 +468,7 @@ fn main() -> ExitCode {
                     issuer_key,
                     listen,
                     database,
+                    database_schema,
                     operator_token_file,
                     loss_policy,
                     risk_fund_cap,
@@ -486,7 +491,7 @@ fn main() -> ExitCode {
                 &data_dir,
                 &issuer_key,
                 &listen,
-                database.as_deref(),
+                database.as_deref().map(|url| (url, database_schema.as_str())),
                 operator_token_file.as_deref(),
                 config,
             )
@@ -840,7 +845,7 @@ fn serve_settlement(
     data_dir: &std::path::Path,
     issuer_key: &std::path::Path,
     listen: &str,
-    database: Option<&str>,
+    database: Option<(&str, &str)>,
     operator_token_file: Option<&std::path::Path>,
     config: meshpay_proto::settlement::SettlementConfig,
 ) -> Result<(), String> {
@@ -860,7 +865,9 @@ fn serve_settlement(
         return Err("the operator token file is empty".into());
     }
     let kv: Box<dyn Kv> = match database {
-        Some(url) => Box::new(PgKv::connect(url).map_err(|e| e.to_string())?),
+        Some((url, schema)) => {
+            Box::new(PgKv::connect_schema(url, schema).map_err(|e| e.to_string())?)
+        }
         None => {
             std::fs::create_dir_all(data_dir)
                 .map_err(|e| format!("{}: {e}", data_dir.display()))?;

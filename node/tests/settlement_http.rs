@@ -1,6 +1,8 @@
 //! `meshpay settlement serve` as a real process on loopback: hostile HTTP
 //! gets 4xx and stores nothing, and a service killed with SIGKILL during
-//! batch ingestion settles nothing twice and loses nothing.
+//! batch ingestion settles nothing twice and loses nothing. Each test runs
+//! on redb, then on PostgreSQL when MESHPAY_TEST_POSTGRES holds a URL
+//! (`bash .ci/postgres.sh` prints one; CI sets it).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -13,10 +15,36 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "operator-secret-token";
 
+/// Where the service keeps its data.
+#[derive(Clone)]
+enum Backend {
+    Redb,
+    /// URL and schema.
+    Postgres(String, &'static str),
+}
+
+/// redb, and PostgreSQL in `schema` (emptied first) if a server is given.
+fn backends(schema: &'static str) -> Vec<Backend> {
+    let mut out = vec![Backend::Redb];
+    match std::env::var("MESHPAY_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+            c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .expect("drop");
+            out.push(Backend::Postgres(url, schema));
+        }
+        _ => eprintln!(
+            "PostgreSQL half SKIPPED: set MESHPAY_TEST_POSTGRES (bash .ci/postgres.sh prints a URL)"
+        ),
+    }
+    out
+}
+
 /// The service process, killed when the test ends.
 struct Served {
     child: Child,
     addr: String,
+    backend: Backend,
 }
 
 impl Drop for Served {
@@ -26,7 +54,7 @@ impl Drop for Served {
     }
 }
 
-fn serve(dir: &Path) -> Served {
+fn serve(dir: &Path, backend: &Backend) -> Served {
     let addr_file = dir.join("settlement.addr");
     let _ = std::fs::remove_file(&addr_file);
     let issuer_key = dir.join("issuer.key");
@@ -39,9 +67,15 @@ fn serve(dir: &Path) -> Served {
         .append(true)
         .open(dir.join("service.log"))
         .expect("log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshpay"));
+    command.args(["settlement", "serve"]);
+    if let Backend::Postgres(url, schema) = backend {
+        command.args(["--database", url, "--database-schema", schema]);
+    }
     let mut served = Served {
-        child: Command::new(env!("CARGO_BIN_EXE_meshpay"))
-            .args(["settlement", "serve", "--listen", "127.0.0.1:0"])
+        backend: backend.clone(),
+        child: command
+            .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir)
             .arg("--issuer-key")
@@ -49,6 +83,7 @@ fn serve(dir: &Path) -> Served {
             .arg("--operator-token-file")
             .arg(dir.join("token"))
             .env_remove("MESHPAY_DATABASE")
+            .env_remove("MESHPAY_DATABASE_SCHEMA")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -181,8 +216,14 @@ fn balance(addr: &str, wallet: &SecretKey) -> i64 {
 
 #[test]
 fn hostile_http_gets_4xx_and_stores_nothing() {
+    for backend in backends("test_hostile_http") {
+        hostile(&backend);
+    }
+}
+
+fn hostile(backend: &Backend) {
     let dir = tempfile::tempdir().expect("dir");
-    let served = serve(dir.path());
+    let served = serve(dir.path(), backend);
     let addr = served.addr.as_str();
     let (alice, bob) = (
         SecretKey::from_seed(&[2; 32]),
@@ -340,7 +381,8 @@ fn submit_all(dir: &Path, served: &mut Served, batches: &[Value]) -> usize {
             }
             // Gone (killed): start it again on the same database.
             let _ = served.child.wait();
-            *served = serve(dir);
+            let backend = served.backend.clone();
+            *served = serve(dir, &backend);
             restarts += 1;
         }
     }
@@ -373,8 +415,14 @@ fn call_or_gone(addr: &str, batch: &Value) -> (u16, String) {
 
 #[test]
 fn a_service_killed_during_ingestion_settles_nothing_twice_and_loses_nothing() {
+    for backend in backends("test_crash") {
+        crash(&backend);
+    }
+}
+
+fn crash(backend: &Backend) {
     let dir = tempfile::tempdir().expect("dir");
-    let mut served = serve(dir.path());
+    let mut served = serve(dir.path(), backend);
     let (alice, bob) = (
         SecretKey::from_seed(&[2; 32]),
         SecretKey::from_seed(&[3; 32]),
