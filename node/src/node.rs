@@ -43,6 +43,9 @@ pub enum NodeError {
     Random(#[from] crate::RandomError),
 }
 
+/// Incremental ledger saves kept before the next save is a full one.
+pub const COMPACT_AFTER: usize = 256;
+
 /// One meshpay node.
 #[derive(Debug)]
 pub struct Node {
@@ -52,6 +55,8 @@ pub struct Node {
     ledger: PartialLedger,
     /// Whether the store holds a full save of the ledger to append to.
     ledger_in_store: bool,
+    /// Incremental saves appended since the last full one.
+    increments: usize,
     policy: PaymentPolicy,
 }
 
@@ -68,6 +73,7 @@ impl Node {
         let actor = store.node_id()?;
         let stored = store.ledger()?;
         let ledger_in_store = stored.is_some();
+        let increments = store.ledger_chunks()?.saturating_sub(1);
         let mut ledger = match stored {
             Some((bytes, epoch)) => {
                 PartialLedger::load(&bytes, epoch, &actor, trust).map_err(NodeError::LedgerLoad)?
@@ -92,6 +98,7 @@ impl Node {
             store,
             ledger,
             ledger_in_store,
+            increments,
             policy: PaymentPolicy::default(),
         })
     }
@@ -270,13 +277,20 @@ impl Node {
 
     /// Appends what changed in the ledger to the store.
     pub fn persist_ledger(&mut self) -> Result<(), NodeError> {
-        if !self.ledger_in_store {
+        if !self.ledger_in_store || self.increments >= COMPACT_AFTER {
+            // A full save replaces the full save and every increment: the
+            // stored ledger stays one document plus at most COMPACT_AFTER
+            // increments, and loads in one pass.
             let bytes = self.ledger.save();
             self.store.save_ledger(&bytes, self.ledger.epoch())?;
             self.ledger_in_store = true;
+            self.increments = 0;
         } else {
             let bytes = self.ledger.save_incremental();
-            self.store.append_ledger(&bytes)?;
+            if !bytes.is_empty() {
+                self.store.append_ledger(&bytes)?;
+                self.increments += 1;
+            }
         }
         Ok(())
     }

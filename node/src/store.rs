@@ -470,6 +470,21 @@ impl Store {
         })
     }
 
+    /// How many pieces the stored ledger is in (a full save, then
+    /// increments).
+    pub fn ledger_chunks(&self) -> Result<usize, StoreError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.io("read")(e.to_string()))?;
+        let t = tx
+            .open_table(LEDGER)
+            .map_err(|e| self.io("open table")(e.to_string()))?;
+        let n =
+            redb::ReadableTableMetadata::len(&t).map_err(|e| self.io("count")(e.to_string()))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     /// Appends an incremental ledger save.
     pub fn append_ledger(&self, bytes: &[u8]) -> Result<(), StoreError> {
         if bytes.is_empty() {

@@ -125,3 +125,54 @@ fn peer_sync_states_are_kept_per_epoch() {
     );
     assert_eq!(s.peer_state(b"peer-2", 3).expect("get"), None);
 }
+
+/// The stored ledger is a full save plus increments; after
+/// `COMPACT_AFTER` increments the next save is a full one, so the pieces
+/// stay bounded and the ledger reloads the same.
+#[test]
+fn the_stored_ledger_is_compacted() {
+    use meshpay_node::node::{COMPACT_AFTER, Node};
+    use meshpay_proto::ledger::Entry;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("n.redb");
+    let issuer = key(1);
+    let trust = TrustStore::new(issuer.public());
+    let allowance = Allowance::sign(
+        AllowanceTerms {
+            id: AllowanceId([1; 16]),
+            wallet: key(2).public(),
+            amount: 1_000_000,
+            currency: Currency::new("EUR").expect("code"),
+            issued_at: Timestamp(0),
+            expires_at: Timestamp(4_000_000_000),
+            caps: Caps {
+                max_per_payment: 1_000,
+                max_payments: 10_000,
+            },
+            tier: 1,
+            restriction: None,
+            issuer: issuer.public(),
+        },
+        &issuer,
+    );
+    let mut node = Node::open("n", &path, key(4), trust.clone()).expect("node");
+    node.ledger_mut()
+        .insert(Entry::Allowance(allowance))
+        .expect("allowance");
+    node.persist_ledger().expect("persist");
+    let mut most = 0;
+    for seq in 1..=(COMPACT_AFTER as u32 * 2 + 10) {
+        let header = receipt(seq).transfer.signed_header();
+        node.ledger_mut()
+            .insert(Entry::Header(header))
+            .expect("header");
+        node.persist_ledger().expect("persist");
+        most = most.max(node.store().ledger_chunks().expect("chunks"));
+    }
+    assert!(most <= COMPACT_AFTER + 1, "{most} pieces");
+    let (digest, entries) = (node.ledger().digest(), node.ledger().len());
+    drop(node);
+    let node = Node::open("n", &path, key(4), trust).expect("reopen");
+    assert_eq!(node.ledger().digest(), digest);
+    assert_eq!(node.ledger().len(), entries);
+}
