@@ -295,27 +295,57 @@ enum AllowanceAction {
         /// The settlement service, http://host:port.
         #[arg(long, env = "MESHPAY_SETTLEMENT", value_name = "URL")]
         settlement: String,
-        /// Amount, e.g. 100.00.
-        #[arg(long)]
-        amount: String,
-        /// Currency or voucher code.
-        #[arg(long, default_value = "EUR")]
-        currency: String,
-        /// Days until it expires.
-        #[arg(long, default_value_t = 7)]
-        days: u64,
-        /// Largest single payment, e.g. 50.00.
-        #[arg(long, default_value = "50.00")]
-        max_per_payment: String,
-        /// Most payments.
-        #[arg(long, default_value_t = 100)]
-        max_payments: u32,
+        #[command(flatten)]
+        terms: TermsArgs,
         #[command(flatten)]
         unlock: Unlock,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What an allowance grants, as given on the command line.
+#[derive(Args, Clone)]
+struct TermsArgs {
+    /// Amount, e.g. 100.00.
+    #[arg(long)]
+    amount: String,
+    /// Currency or voucher code.
+    #[arg(long, default_value = "EUR")]
+    currency: String,
+    /// Days until it expires.
+    #[arg(long, default_value_t = 7)]
+    days: u64,
+    /// Largest single payment, e.g. 50.00.
+    #[arg(long, default_value = "50.00")]
+    max_per_payment: String,
+    /// Most payments.
+    #[arg(long, default_value_t = 100)]
+    max_payments: u32,
+}
+
+/// Allowance terms, parsed: amount, currency, seconds of validity, caps.
+struct Terms {
+    amount: u64,
+    currency: Currency,
+    valid_secs: u64,
+    caps: Caps,
+}
+
+impl TermsArgs {
+    fn parse(&self) -> Result<Terms, String> {
+        Ok(Terms {
+            amount: parse_amount(&self.amount)?,
+            currency: Currency::new(&self.currency)
+                .ok_or("--currency must be three upper-case letters")?,
+            valid_secs: self.days.saturating_mul(86_400),
+            caps: Caps {
+                max_per_payment: parse_amount(&self.max_per_payment)?,
+                max_payments: self.max_payments,
+            },
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -334,21 +364,8 @@ enum IssuerAction {
         /// The wallet's public key (hex; `meshpay status` shows it).
         #[arg(long)]
         wallet: String,
-        /// Amount, e.g. 100.00.
-        #[arg(long)]
-        amount: String,
-        /// Currency or voucher code.
-        #[arg(long, default_value = "EUR")]
-        currency: String,
-        /// Days until it expires.
-        #[arg(long, default_value_t = 7)]
-        days: u64,
-        /// Largest single payment, e.g. 50.00.
-        #[arg(long, default_value = "50.00")]
-        max_per_payment: String,
-        /// Most payments.
-        #[arg(long, default_value_t = 100)]
-        max_payments: u32,
+        #[command(flatten)]
+        terms: TermsArgs,
     },
 }
 
@@ -442,23 +459,13 @@ fn main() -> ExitCode {
                 AllowanceAction::Load {
                     dir,
                     settlement,
-                    amount,
-                    currency,
-                    days,
-                    max_per_payment,
-                    max_payments,
+                    terms,
                     unlock,
                     json,
                 },
-        } => (|| {
-            let caps = Caps {
-                max_per_payment: parse_amount(&max_per_payment)?,
-                max_payments,
-            };
-            let currency =
-                Currency::new(&currency).ok_or("--currency must be three upper-case letters")?;
-            load_allowance(&dir, &settlement, parse_amount(&amount)?, currency, days, caps, &unlock, json)
-        })(),
+        } => terms
+            .parse()
+            .and_then(|t| load_allowance(&dir, &settlement, &t, &unlock, json)),
         Command::Issuer { action } => issuer(action),
         Command::Demo { json, data_dir } => return demo(json, data_dir),
         Command::Settlement {
@@ -709,19 +716,10 @@ fn issuer(action: IssuerAction) -> Result<(), String> {
             println!("{}", key.public());
             Ok(())
         }
-        IssuerAction::Allowance {
-            key,
-            wallet,
-            amount,
-            currency,
-            days,
-            max_per_payment,
-            max_payments,
-        } => {
+        IssuerAction::Allowance { key, wallet, terms } => {
+            let terms = terms.parse()?;
             let issuer = read_issuer_key(&key)?;
             let wallet = parse_public_key("--wallet", &wallet).map_err(|e| e.to_string())?;
-            let currency =
-                Currency::new(&currency).ok_or("--currency must be three upper-case letters")?;
             let now = meshpay_node::mesh::wall_clock();
             let mut id = [0u8; 16];
             rand::Rng::fill_bytes(
@@ -732,14 +730,11 @@ fn issuer(action: IssuerAction) -> Result<(), String> {
                 AllowanceTerms {
                     id: AllowanceId(id),
                     wallet,
-                    amount: parse_amount(&amount)?,
-                    currency,
+                    amount: terms.amount,
+                    currency: terms.currency,
                     issued_at: now,
-                    expires_at: now.plus(days.saturating_mul(86_400)),
-                    caps: Caps {
-                        max_per_payment: parse_amount(&max_per_payment)?,
-                        max_payments,
-                    },
+                    expires_at: now.plus(terms.valid_secs),
+                    caps: terms.caps,
                     tier: 1,
                     restriction: None,
                     issuer: issuer.public(),
@@ -752,14 +747,10 @@ fn issuer(action: IssuerAction) -> Result<(), String> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn load_allowance(
     dir: &Dir,
     url: &str,
-    amount: u64,
-    currency: Currency,
-    days: u64,
-    caps: Caps,
+    terms: &Terms,
     unlock: &Unlock,
     json: bool,
 ) -> Result<(), String> {
@@ -777,10 +768,10 @@ fn load_allowance(
             nonce: meshpay_proto::transfer::Nonce(nonce),
             at: meshpay_node::mesh::wall_clock(),
             action: WalletAction::Issue {
-                amount,
-                currency,
-                valid_secs: days.saturating_mul(86_400),
-                caps,
+                amount: terms.amount,
+                currency: terms.currency,
+                valid_secs: terms.valid_secs,
+                caps: terms.caps,
             },
         },
         &key,
