@@ -68,6 +68,7 @@ async fn run(sync: Duration) -> (Duration, Duration) {
     let request = WalletRequest::sign(
         WalletRequestTerms {
             wallet: payer_key.public(),
+            issuer: issuer.public(),
             nonce: Nonce([5; 16]),
             at: now,
             action: WalletAction::Issue {

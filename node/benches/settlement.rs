@@ -46,6 +46,7 @@ fn service(kv: Box<dyn Kv>) -> Service<Box<dyn Kv>> {
         let request = WalletRequest::sign(
             WalletRequestTerms {
                 wallet: wallet.public(),
+                issuer: issuer().public(),
                 nonce: Nonce(nonce),
                 at: T0,
                 action: WalletAction::Issue {

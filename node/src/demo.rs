@@ -140,6 +140,7 @@ fn money(minor: u64) -> String {
 /// A wallet loads an allowance: a request it signs, over HTTP.
 async fn load(
     url: &str,
+    issuer: PublicKey,
     key: &SecretKey,
     amount: u64,
     rng: &mut rand::rngs::StdRng,
@@ -149,6 +150,7 @@ async fn load(
     let request = WalletRequest::sign(
         WalletRequestTerms {
             wallet: key.public(),
+            issuer,
             nonce: Nonce(nonce),
             at: crate::mesh::wall_clock(),
             action: WalletAction::Issue {
@@ -338,8 +340,8 @@ async fn story(dir: &Path) -> Result<DemoReport, DemoError> {
     })
     .await
     .map_err(|e| DemoError::Settlement(e.to_string()))?;
-    let alice_allowance = load(&url, &alice_key, 10_000, &mut rng).await?;
-    let dave_allowance = load(&url, &dave_key, 5_000, &mut rng).await?;
+    let alice_allowance = load(&url, issuer.public(), &alice_key, 10_000, &mut rng).await?;
+    let dave_allowance = load(&url, issuer.public(), &dave_key, 5_000, &mut rng).await?;
     let dave_allowance_id = dave_allowance.id;
     let mut alice = alice;
     alice.add_allowance(alice_allowance.clone())?;

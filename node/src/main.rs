@@ -765,6 +765,10 @@ fn load_allowance(
     let request = WalletRequest::sign(
         WalletRequestTerms {
             wallet: key.public(),
+            // The issuer this node pins: a request for another service is
+            // refused there.
+            issuer: parse_public_key("issuer", &data.config().map_err(|e| e.to_string())?.issuer)
+                .map_err(|e| e.to_string())?,
             nonce: meshpay_proto::transfer::Nonce(nonce),
             at: meshpay_node::mesh::wall_clock(),
             action: WalletAction::Issue {

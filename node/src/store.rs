@@ -385,24 +385,56 @@ impl Store {
         self.read(RECEIPTS, id.as_bytes(), "receipts", decode_receipt)
     }
 
-    /// Keeps a receipt sealed to settlement that this node carries for
-    /// others (transfer id -> encoded `SealedReceipt`).
-    pub fn put_carried(&self, id: &TransferId, sealed: &[u8]) -> Result<(), StoreError> {
+    /// Keeps receipts sealed to settlement that this node carries for
+    /// others, in one transaction. Several copies of one transfer may be
+    /// kept (a forged copy must not shut out the genuine one); each is
+    /// stored under the transfer id followed by the start of its hash.
+    pub fn put_carried(&self, copies: &[(TransferId, Vec<u8>)]) -> Result<(), StoreError> {
+        if copies.is_empty() {
+            return Ok(());
+        }
         self.write(|tx| {
-            tx.open_table(CARRIED)?
-                .insert(id.as_bytes().as_slice(), sealed)?;
+            let mut t = tx.open_table(CARRIED)?;
+            for (id, sealed) in copies {
+                t.insert(carried_key(id, sealed).as_slice(), sealed.as_slice())?;
+            }
             Ok(())
         })
     }
 
-    /// Whether this node carries `id`.
-    pub fn carries(&self, id: &TransferId) -> Result<bool, StoreError> {
-        Ok(self
-            .read(CARRIED, id.as_bytes(), "carried", |_| Ok(()))?
-            .is_some())
+    /// The copies of `id` carried, and whether `sealed` is one of them.
+    pub fn carried_copies(
+        &self,
+        id: &TransferId,
+        sealed: &[u8],
+    ) -> Result<(usize, bool), StoreError> {
+        let t = self.table(CARRIED)?;
+        let key = carried_key(id, sealed);
+        let mut n = 0;
+        let mut same = false;
+        for item in t
+            .range(id.as_bytes().as_slice()..)
+            .map_err(|e| self.io("range")(e.to_string()))?
+        {
+            let (k, _) = item.map_err(|e| self.io("range")(e.to_string()))?;
+            if !k.value().starts_with(id.as_bytes()) {
+                break;
+            }
+            n += 1;
+            same |= k.value() == key.as_slice();
+        }
+        Ok((n, same))
     }
 
-    /// Every carried receipt: transfer id and encoded `SealedReceipt`.
+    /// How many copies are carried in all.
+    pub fn carried_count(&self) -> Result<usize, StoreError> {
+        let t = self.table(CARRIED)?;
+        let n =
+            redb::ReadableTableMetadata::len(&t).map_err(|e| self.io("count")(e.to_string()))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// Every carried copy: transfer id and encoded `SealedReceipt`.
     pub fn carried(&self) -> Result<Vec<(TransferId, Vec<u8>)>, StoreError> {
         let t = self.table(CARRIED)?;
         let mut out = Vec::new();
@@ -410,20 +442,43 @@ impl Store {
             let (k, v) = item.map_err(|e| self.io("iterate")(e.to_string()))?;
             let id: [u8; 32] = k
                 .value()
-                .try_into()
-                .map_err(|_| self.damaged("carried", "a key is not a transfer id"))?;
+                .get(..32)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| self.damaged("carried", "a key is not a transfer id"))?;
             out.push((TransferId(id), v.value().to_vec()));
         }
         Ok(out)
     }
 
-    /// Drops carried receipts (settlement acknowledged them, or could not
-    /// open them).
+    /// Drops every carried copy of `ids` (settlement acknowledged them).
     pub fn drop_carried(&self, ids: &[TransferId]) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut t = tx.open_table(CARRIED)?;
             for id in ids {
-                t.remove(id.as_bytes().as_slice())?;
+                let prefix = id.as_bytes().as_slice();
+                let mut keys = Vec::new();
+                for item in t.range(prefix..)? {
+                    let (k, _) = item?;
+                    if !k.value().starts_with(prefix) {
+                        break;
+                    }
+                    keys.push(k.value().to_vec());
+                }
+                for k in keys {
+                    t.remove(k.as_slice())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops particular carried copies (settlement could not open them, or
+    /// found them forged).
+    pub fn drop_carried_copies(&self, copies: &[(TransferId, Vec<u8>)]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut t = tx.open_table(CARRIED)?;
+            for (id, sealed) in copies {
+                t.remove(carried_key(id, sealed).as_slice())?;
             }
             Ok(())
         })
@@ -532,6 +587,16 @@ impl Store {
         };
         Ok(Some((bytes, epoch)))
     }
+}
+
+/// A carried copy's key: the transfer id, then 8 bytes of the copy's
+/// SHA-256.
+fn carried_key(id: &TransferId, sealed: &[u8]) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.extend_from_slice(
+        &meshpay_proto::crypto::Hash::tagged(b"meshpay/v1/carried-copy", sealed).0[..8],
+    );
+    key
 }
 
 fn decode_receipt(b: &[u8]) -> Result<(Receipt, Role), String> {

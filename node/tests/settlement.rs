@@ -23,6 +23,7 @@ fn issue_request(wallet: &SecretKey, nonce: u8, amount: u64, at: Timestamp) -> W
     WalletRequest::sign(
         WalletRequestTerms {
             wallet: wallet.public(),
+            issuer: key(1).public(),
             nonce: Nonce([nonce; 16]),
             at,
             action: WalletAction::Issue {
@@ -83,12 +84,25 @@ fn story(kv: Box<dyn Kv>) -> Value {
     assert_eq!(allowance.amount, 8_000);
     assert_eq!(s.balance(&wallet(&alice)).expect("b"), 2_000);
     assert_eq!(s.balance(&Account::Escrow(id)).expect("b"), 8_000);
-    assert!(refused(s.issue(&request, AllowanceId([8; 16]), T0)).contains("replay"));
+    // The same signed request again (a client that lost the answer) gets
+    // the same allowance and escrows nothing more; another request under
+    // a used nonce is a replay.
+    let again = s
+        .issue(&request, AllowanceId([8; 16]), T0.plus(3_600))
+        .expect("again");
+    assert_eq!(again, allowance);
+    assert_eq!(s.balance(&wallet(&alice)).expect("b"), 2_000);
+    let reused = issue_request(&alice, 1, 500, T0);
+    assert!(refused(s.issue(&reused, AllowanceId([8; 16]), T0)).contains("replay"));
     let forged = WalletRequest {
         terms: issue_request(&alice, 2, 100, T0).terms,
         signature: issue_request(&bob, 2, 100, T0).signature,
     };
     assert!(refused(s.issue(&forged, AllowanceId([8; 16]), T0)).contains("signature"));
+    let mut elsewhere = issue_request(&alice, 5, 100, T0).terms;
+    elsewhere.issuer = key(7).public();
+    let elsewhere = WalletRequest::sign(elsewhere, &alice);
+    assert!(refused(s.issue(&elsewhere, AllowanceId([8; 16]), T0)).contains("another issuer"));
     let stale = issue_request(&alice, 3, 100, T0.minus(3_600));
     assert!(refused(s.issue(&stale, AllowanceId([8; 16]), T0)).contains("clock"));
     let greedy = issue_request(&alice, 4, 2_001, T0);
@@ -230,4 +244,12 @@ fn the_story_gives_identical_results_on_redb_and_postgres() {
     };
     let on_pg = story(Box::new(fresh_pg(&url, "test_story")));
     assert_eq!(on_redb, on_pg);
+    // One writer per schema: a second service on it is refused.
+    let first = PgKv::connect_schema(&url, "test_story").expect("first");
+    let second = PgKv::connect_schema(&url, "test_story");
+    assert!(
+        matches!(&second, Err(e) if e.to_string().contains("another settlement service")),
+        "a second writer was let in"
+    );
+    drop(first);
 }

@@ -43,6 +43,9 @@ pub enum WalletAction {
 pub struct WalletRequestTerms {
     /// The wallet key that signs (and whose account pays).
     pub wallet: PublicKey,
+    /// The issuer (settlement service) the request is for: another
+    /// service refuses it, so it cannot be replayed there.
+    pub issuer: PublicKey,
     /// Fresh per request.
     pub nonce: Nonce,
     /// When it was signed, by the wallet's clock.

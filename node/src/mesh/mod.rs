@@ -109,7 +109,7 @@ pub struct Mesh {
     /// What each connected peer may still ask.
     limiter: RateLimiter,
     /// Outbox receipts already handed to each connected peer.
-    handed: HashMap<PeerId, HashSet<TransferId>>,
+    handed: HashMap<PeerId, HashSet<Hash>>,
     /// Peers cut off by [`MeshHandle::disconnect`] until dialled again: a
     /// connection with them, in either direction, is closed at once.
     blocked: HashSet<PeerId>,
@@ -126,6 +126,26 @@ struct WaitingPayment {
     peer: PeerId,
     since: Millis,
     reply: oneshot::Sender<Result<MeshPayment, MeshError>>,
+}
+
+/// One outbox item: a sealed receipt, this node's own or a carried copy.
+struct OutboxItem {
+    id: TransferId,
+    bytes: Vec<u8>,
+    carried: bool,
+}
+
+impl OutboxItem {
+    /// What "already handed to this peer" is keyed by: the transfer for
+    /// this node's own receipts (sealed afresh each time), the copy for
+    /// carried ones (several copies of one transfer may be carried).
+    fn handed_key(&self) -> Hash {
+        if self.carried {
+            Hash::tagged(b"meshpay/v1/carried-copy", &self.bytes)
+        } else {
+            Hash(*self.id.as_bytes())
+        }
+    }
 }
 
 /// How long a payment waits for its payee to become reachable.
@@ -909,49 +929,65 @@ impl Mesh {
     }
 
     /// Receipts held that no acknowledgement in the ledger covers, sealed
-    /// to settlement: this node's own (sealed now) and those it carries.
-    fn outbox(&self) -> Result<Vec<(TransferId, Vec<u8>)>, NodeError> {
+    /// to settlement: this node's own (sealed now) and the copies it
+    /// carries (of transfers it is not party to).
+    fn outbox(&self) -> Result<Vec<OutboxItem>, NodeError> {
         let ledger = self.node.ledger();
         let issuer = *ledger.trust().root();
         let mut rng = crate::os_rng()?;
         let mut out = Vec::new();
+        let mut own = HashSet::new();
         for (r, _) in self.node.receipts()? {
             let id = r.transfer.id();
+            own.insert(id);
             if ledger.is_settled(&id) {
                 continue;
             }
             let mut entropy = [0u8; 32];
             rand::Rng::fill_bytes(&mut rng, &mut entropy);
             match meshpay_proto::sealed::seal(&r, &issuer, entropy) {
-                Ok(sealed) => out.push((id, sealed.encode())),
+                Ok(sealed) => out.push(OutboxItem {
+                    id,
+                    bytes: sealed.encode(),
+                    carried: false,
+                }),
                 Err(e) => tracing::error!(error = %e, "cannot seal a receipt"),
             }
         }
-        for (id, sealed) in self.node.store().carried()? {
-            if !ledger.is_settled(&id) && !out.iter().any(|(o, _)| *o == id) {
-                out.push((id, sealed));
+        for (id, bytes) in self.node.store().carried()? {
+            if !ledger.is_settled(&id) && !own.contains(&id) {
+                out.push(OutboxItem {
+                    id,
+                    bytes,
+                    carried: true,
+                });
             }
         }
         Ok(out)
     }
 
-    /// Drops carried receipts that settlement acknowledged.
+    /// Drops carried receipts that settlement acknowledged, and those whose
+    /// allowance the ledger no longer holds (expired long ago).
     fn drop_acknowledged(&mut self) {
+        use meshpay_proto::validate::MeshView;
         let Ok(carried) = self.node.store().carried() else {
             return;
         };
         let ledger = self.node.ledger();
-        let settled: Vec<TransferId> = carried
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| ledger.is_settled(id))
-            .collect();
-        if settled.is_empty() {
+        let mut done: Vec<TransferId> = Vec::new();
+        for (id, bytes) in &carried {
+            let gone = meshpay_proto::sealed::SealedReceipt::decode(bytes)
+                .map_or(true, |s| ledger.allowance(&s.header.allowance).is_none());
+            if (ledger.is_settled(id) || gone) && !done.contains(id) {
+                done.push(*id);
+            }
+        }
+        if done.is_empty() {
             return;
         }
-        match self.node.store().drop_carried(&settled) {
+        match self.node.store().drop_carried(&done) {
             Ok(()) => tracing::info!(
-                dropped = settled.len(),
+                dropped = done.len(),
                 "acknowledged receipts dropped from the outbox"
             ),
             Err(e) => tracing::error!(error = %e, "could not drop acknowledged receipts"),
@@ -964,13 +1000,13 @@ impl Mesh {
             return;
         };
         let handed = self.handed.entry(peer).or_default();
-        let fresh: Vec<(TransferId, Vec<u8>)> = outbox
+        let fresh: Vec<OutboxItem> = outbox
             .into_iter()
-            .filter(|(id, _)| !handed.contains(id))
+            .filter(|o| !handed.contains(&o.handed_key()))
             .collect();
         for chunk in fresh.chunks(relay::RELAY_BATCH) {
-            handed.extend(chunk.iter().map(|(id, _)| *id));
-            let list = chunk.iter().map(|(_, b)| b.clone()).collect();
+            handed.extend(chunk.iter().map(OutboxItem::handed_key));
+            let list = chunk.iter().map(|o| o.bytes.clone()).collect();
             self.swarm
                 .behaviour_mut()
                 .rr
@@ -978,17 +1014,22 @@ impl Mesh {
         }
     }
 
-    /// Keeps relayed sealed receipts whose header's payer signature
-    /// verifies (against an allowance in the ledger) and that no
-    /// acknowledgement covers, up to [`relay::MAX_CARRIED`].
+    /// Keeps relayed sealed receipts that are plausible: small, their
+    /// header's payer signature verifies against an allowance in the
+    /// ledger and stays within its caps, no acknowledgement covers them,
+    /// and fewer than [`relay::MAX_COPIES`] copies of that transfer are
+    /// carried; at most [`relay::MAX_CARRIED`] in all.
     fn take_relayed(&mut self, peer: PeerId, list: &[Vec<u8>]) -> MeshResponse {
         use meshpay_proto::validate::MeshView;
-        let mut carried = match self.node.store().carried() {
-            Ok(c) => c.len(),
+        let mut carried = match self.node.store().carried_count() {
+            Ok(c) => c,
             Err(e) => return MeshResponse::Refused(e.to_string()),
         };
-        let mut new = 0u32;
+        let mut keep: Vec<(TransferId, Vec<u8>)> = Vec::new();
         for bytes in list {
+            if bytes.len() > relay::MAX_SEALED_BYTES {
+                return MeshResponse::Refused("a relayed receipt is too large".into());
+            }
             let Ok(sealed) = meshpay_proto::sealed::SealedReceipt::decode(bytes) else {
                 tracing::warn!(%peer, "malformed relayed receipt");
                 return MeshResponse::Refused("malformed sealed receipt".into());
@@ -997,32 +1038,54 @@ impl Mesh {
             let ledger = self.node.ledger();
             let Some(allowance) = ledger.allowance(&sealed.header.allowance) else {
                 // Its allowance travels with its header in the ledger; the
-                // next hand-over after a sync brings it again.
+                // peer hands it again on a later connection.
                 continue;
             };
-            if !sealed.header.verify_by(&allowance.allowance().wallet) {
-                return MeshResponse::Refused("a relayed header's payer signature fails".into());
-            }
-            if ledger.is_settled(&id)
-                || matches!(self.node.store().receipt(&id), Ok(Some(_)))
-                || matches!(self.node.store().carries(&id), Ok(true))
+            let a = allowance.allowance();
+            let h = &sealed.header.terms;
+            if !sealed.header.verify_by(&a.wallet)
+                || h.seq == 0
+                || h.seq > a.caps.max_payments
+                || h.amount == 0
+                || h.amount > a.caps.max_per_payment
+                || h.cumulative > a.amount
             {
+                return MeshResponse::Refused("a relayed header fails its allowance".into());
+            }
+            if ledger.is_settled(&id) || matches!(self.node.store().receipt(&id), Ok(Some(_))) {
                 continue;
+            }
+            let batch_copies = keep.iter().filter(|(k, _)| *k == id).count();
+            match self.node.store().carried_copies(&id, bytes) {
+                Ok((_, true)) => continue,
+                Ok((n, false)) if n + batch_copies >= relay::MAX_COPIES => continue,
+                Ok(_) => {}
+                Err(e) => return MeshResponse::Refused(e.to_string()),
             }
             if carried >= relay::MAX_CARRIED {
                 tracing::warn!("carrying {carried} receipts already; refusing more");
                 break;
             }
-            if let Err(e) = self.node.store().put_carried(&id, bytes) {
-                tracing::error!(error = %e, "could not keep a relayed receipt");
-                return MeshResponse::Refused("storage failed".into());
-            }
-            // Already with the sender: not handed back.
-            self.handed.entry(peer).or_default().insert(id);
             carried += 1;
-            new += 1;
+            keep.push((id, bytes.clone()));
         }
-        MeshResponse::Relayed(new)
+        if let Err(e) = self.node.store().put_carried(&keep) {
+            tracing::error!(error = %e, "could not keep relayed receipts");
+            return MeshResponse::Refused("storage failed".into());
+        }
+        // Already with the sender: not handed back.
+        let handed = self.handed.entry(peer).or_default();
+        for (id, bytes) in &keep {
+            handed.insert(
+                OutboxItem {
+                    id: *id,
+                    bytes: bytes.clone(),
+                    carried: true,
+                }
+                .handed_key(),
+            );
+        }
+        MeshResponse::Relayed(u32::try_from(keep.len()).unwrap_or(u32::MAX))
     }
 
     /// A gateway starts a trip to settlement, if none is under way.
@@ -1034,7 +1097,7 @@ impl Mesh {
             return;
         }
         let outbox: Vec<(TransferId, Vec<u8>)> = match self.outbox() {
-            Ok(o) => o,
+            Ok(o) => o.into_iter().map(|o| (o.id, o.bytes)).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "could not read the outbox");
                 return;
@@ -1067,15 +1130,17 @@ impl Mesh {
             }
         };
         self.uplinks += 1;
-        if !up.unopened.is_empty() {
-            // Settlement could not open these: damaged or forged on the
-            // way. The parties to them still hold the real ones.
+        if !up.refused.is_empty() {
+            // Settlement could not open these copies, or found them forged:
+            // damaged or forged on the way. Only these copies go; a genuine
+            // copy of the same transfer is kept, and its parties still
+            // hold it.
             tracing::warn!(
-                count = up.unopened.len(),
-                "settlement could not open carried receipts; dropped"
+                count = up.refused.len(),
+                "settlement refused carried copies; dropped"
             );
-            if let Err(e) = self.node.store().drop_carried(&up.unopened) {
-                tracing::error!(error = %e, "could not drop unopened receipts");
+            if let Err(e) = self.node.store().drop_carried_copies(&up.refused) {
+                tracing::error!(error = %e, "could not drop refused copies");
             }
         }
         let mut entries: Vec<Entry> = up.acks.into_iter().map(Entry::Ack).collect();

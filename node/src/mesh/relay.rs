@@ -25,8 +25,16 @@ use serde_json::json;
 
 use crate::settlement::client;
 
-/// Most receipts a node carries for others.
+/// Most receipt copies a node carries for others.
 pub const MAX_CARRIED: usize = 100_000;
+/// Most copies of one transfer a node carries (a forged copy must not shut
+/// out the genuine one).
+pub const MAX_COPIES: usize = 3;
+/// Largest sealed receipt a relay takes: an honest one is about 300 bytes.
+pub const MAX_SEALED_BYTES: usize = 512;
+/// Most hex bytes of sealed receipts in one upload request (the service
+/// takes bodies of up to 1 MiB).
+const UPLOAD_BYTES: usize = 512 * 1024;
 /// Receipts per upload batch (the service's limit).
 pub const UPLOAD_BATCH: usize = 1_000;
 /// Receipts per relay request to a peer.
@@ -37,9 +45,9 @@ pub const RELAY_BATCH: usize = 500;
 pub struct Uplink {
     /// Receipts uploaded.
     pub uploaded: usize,
-    /// Carried receipts the service could not open (damaged or forged on
-    /// the way): to drop.
-    pub unopened: Vec<TransferId>,
+    /// Copies the service could not open, or opened and found forged:
+    /// to drop.
+    pub refused: Vec<(TransferId, Vec<u8>)>,
     /// Acknowledgements newer than the last one held.
     pub acks: Vec<SettlementAck>,
     /// The current revocation list.
@@ -58,27 +66,39 @@ pub async fn uplink(
     since: u64,
 ) -> Result<Uplink, String> {
     let timeout = Duration::from_secs(30);
-    let mut unopened = Vec::new();
-    for batch in outbox.chunks(UPLOAD_BATCH) {
+    let mut refused = Vec::new();
+    // Batches by count and by size; one batch the service refuses (a bad
+    // copy among them) does not stop the others or the pull below.
+    let mut batches: Vec<&[(TransferId, Vec<u8>)]> = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, b)) in outbox.iter().enumerate() {
+        if i > start && (i - start >= UPLOAD_BATCH || bytes + 2 * b.len() > UPLOAD_BYTES) {
+            batches.push(&outbox[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += 2 * b.len();
+    }
+    if start < outbox.len() {
+        batches.push(&outbox[start..]);
+    }
+    for batch in batches {
         let body =
             json!({ "sealed": batch.iter().map(|(_, b)| hex::encode(b)).collect::<Vec<_>>() });
-        let answer = client::call(&url, "POST", "/v1/receipts", Some(&body), timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let bad: Vec<String> = answer["unopened"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        unopened.extend(
-            batch
-                .iter()
-                .map(|(id, _)| *id)
-                .filter(|id| bad.contains(&id.to_string())),
-        );
+        let answer = match client::call(&url, "POST", "/v1/receipts", Some(&body), timeout).await {
+            Ok(a) => a,
+            Err(client::ClientError::Status { status, message }) => {
+                tracing::warn!(status, %message, "settlement refused an upload batch");
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        for field in ["unopened", "rejected"] {
+            for i in answer[field].as_array().into_iter().flatten() {
+                if let Some(item) = i.as_u64().and_then(|i| batch.get(i as usize)) {
+                    refused.push(item.clone());
+                }
+            }
+        }
     }
     let mut acks = Vec::new();
     let mut after = since;
@@ -110,7 +130,7 @@ pub async fn uplink(
         .map_err(|e| e.to_string())?;
     Ok(Uplink {
         uploaded: outbox.len(),
-        unopened,
+        refused,
         acks,
         revocations: hex_decode(&v["list"]),
     })

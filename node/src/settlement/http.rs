@@ -267,21 +267,35 @@ async fn receipts(State(app): State<AppState>, body: Body<ReceiptsBody>) -> Repl
     }
     match app
         .with(move |s| {
-            // A sealed receipt that does not open is reported, not fatal:
-            // a relay may carry one damaged or forged copy among many.
+            // A sealed receipt that does not open, or opens to a forged
+            // receipt, is reported by its index in `sealed`, not fatal: a
+            // relay may carry one damaged or forged copy among many.
             let mut unopened = Vec::new();
-            for item in &sealed {
+            let mut opened = Vec::new();
+            for (i, item) in sealed.iter().enumerate() {
                 match s.open_sealed(item) {
-                    Ok(r) => batch.push(r),
-                    Err(_) => unopened.push(item.transfer_id().to_string()),
+                    Ok(r) => {
+                        opened.push((i, batch.len()));
+                        batch.push(r);
+                    }
+                    Err(_) => unopened.push(i),
                 }
             }
-            Ok((s.submit(&batch, now())?, unopened))
+            let done = s.submit(&batch, now())?;
+            let rejected: Vec<usize> = opened
+                .iter()
+                .filter(|(_, b)| {
+                    done.receipts[*b].outcome == Outcome::Refused(Refusal::BadSignature)
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            Ok((done, unopened, rejected))
         })
         .await
     {
-        Ok((done, unopened)) => ok(json!({
+        Ok((done, unopened, rejected)) => ok(json!({
             "unopened": unopened,
+            "rejected": rejected,
             "receipts": done.receipts,
             "ack": done.ack.as_ref().map(|a| hex::encode(a.encode())),
             "ack_serial": done.ack.as_ref().map(|a| a.serial),

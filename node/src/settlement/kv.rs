@@ -237,6 +237,30 @@ impl PgKv {
         }
         let mut client = postgres::Client::connect(url, postgres::NoTls)
             .map_err(|e| KvError::Postgres(format!("cannot connect: {e}")))?;
+        // One writer per schema: the service reads, decides and commits as
+        // the only writer (as redb's file lock ensures); a second service
+        // on the same schema would overwrite balances and serials.
+        // A service just killed may hold it until the server notices its
+        // connection is gone: wait a few seconds for that.
+        let mut locked = false;
+        for _ in 0..25 {
+            locked = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtext('meshpay_settlement.' || $1))",
+                    &[&schema],
+                )
+                .map_err(|e| KvError::Postgres(e.to_string()))?
+                .get(0);
+            if locked {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        if !locked {
+            return Err(KvError::Postgres(format!(
+                "another settlement service is using schema {schema:?} of this database"
+            )));
+        }
         client
             .batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"

@@ -47,6 +47,14 @@ fn refused(message: impl Into<String>) -> ServiceError {
     ServiceError::Refused(message.into())
 }
 
+/// A wallet request that passed its checks.
+enum Admitted {
+    /// New: the nonce key and the request's hash, to store with it.
+    New { nonce: Vec<u8>, hash: [u8; 32] },
+    /// Served before: what was stored for it.
+    Served(Vec<u8>),
+}
+
 /// What became of one submitted receipt.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReceiptOutcome {
@@ -303,13 +311,29 @@ impl<K: Kv> Service<K> {
     }
 
     /// Checks a wallet request: signature, clock window, unused nonce.
+    ///
+    /// A request already served comes back as `Served` with what was
+    /// stored for it (the allowance of an `Issue`), so that a client that
+    /// lost the answer can ask again with the same signed request; a
+    /// different request under a used nonce is a replay.
     fn admit_request(
         &mut self,
         request: &WalletRequest,
         now: Timestamp,
-    ) -> Result<Put, ServiceError> {
+    ) -> Result<Admitted, ServiceError> {
         if !WalletRequestTerms::verify(request) {
             return Err(refused("the wallet's signature does not verify"));
+        }
+        if request.issuer != self.issuer.public() {
+            return Err(refused("the request is for another issuer"));
+        }
+        let hash = Hash::tagged(b"meshpay/v1/served-request", &request.encode()).0;
+        let nonce = request.nonce.as_bytes().to_vec();
+        if let Some(stored) = self.kv.get(Table::Requests, &nonce)? {
+            return match stored.split_at_checked(32) {
+                Some((h, rest)) if h == hash => Ok(Admitted::Served(rest.to_vec())),
+                _ => Err(refused("this request was already served (replay)")),
+            };
         }
         if request.at.0.abs_diff(now.0) > REQUEST_WINDOW_SECS {
             return Err(refused(format!(
@@ -317,15 +341,7 @@ impl<K: Kv> Service<K> {
                 request.at.0, now.0
             )));
         }
-        let nonce = request.nonce.as_bytes().to_vec();
-        if self.kv.get(Table::Requests, &nonce)?.is_some() {
-            return Err(refused("this request was already served (replay)"));
-        }
-        Ok(Put {
-            table: Table::Requests,
-            key: nonce,
-            value: Vec::new(),
-        })
+        Ok(Admitted::New { nonce, hash })
     }
 
     /// Issues an allowance the wallet asked for, escrowing its amount from
@@ -336,7 +352,13 @@ impl<K: Kv> Service<K> {
         id: AllowanceId,
         now: Timestamp,
     ) -> Result<Allowance, ServiceError> {
-        let nonce = self.admit_request(request, now)?;
+        let (nonce, hash) = match self.admit_request(request, now)? {
+            Admitted::Served(stored) => {
+                return Allowance::decode(&stored)
+                    .map_err(|e| ServiceError::Corrupt(format!("a served request: {e}")));
+            }
+            Admitted::New { nonce, hash } => (nonce, hash),
+        };
         let WalletAction::Issue {
             amount,
             currency,
@@ -379,8 +401,14 @@ impl<K: Kv> Service<K> {
         );
         let (state, escrow) = AllowanceState::open(allowance.clone(), &self.trust)
             .map_err(|e| ServiceError::Corrupt(format!("own allowance refused: {e}")))?;
+        let mut served = hash.to_vec();
+        served.extend(allowance.encode());
         let mut puts = vec![
-            nonce,
+            Put {
+                table: Table::Requests,
+                key: nonce,
+                value: served,
+            },
             Put {
                 table: Table::States,
                 key: id.as_bytes().to_vec(),
@@ -457,7 +485,10 @@ impl<K: Kv> Service<K> {
         request: &WalletRequest,
         now: Timestamp,
     ) -> Result<(), ServiceError> {
-        let nonce = self.admit_request(request, now)?;
+        let (nonce, hash) = match self.admit_request(request, now)? {
+            Admitted::Served(_) => return Ok(()),
+            Admitted::New { nonce, hash } => (nonce, hash),
+        };
         let WalletAction::ReportLost { allowance } = request.action else {
             return Err(refused("not a lost-device report"));
         };
@@ -469,7 +500,11 @@ impl<K: Kv> Service<K> {
             return Err(refused("the allowance belongs to another wallet"));
         }
         let revocation = state.report_lost(now);
-        let mut puts = vec![nonce];
+        let mut puts = vec![Put {
+            table: Table::Requests,
+            key: nonce,
+            value: hash.to_vec(),
+        }];
         Self::state_puts(&states, &mut puts);
         self.revoke(&revocation.into_iter().collect::<Vec<_>>(), now, &mut puts)?;
         self.kv.commit(&puts)?;
