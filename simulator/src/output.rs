@@ -109,6 +109,13 @@ pub fn table(r: &Report) -> String {
         r.sessions.skipped_busy,
         r.sessions.skipped_backoff
     );
+    if !r.sessions.honest_refusals.is_empty() {
+        let _ = writeln!(
+            s,
+            "sessions between honest devices refused: {:?}",
+            r.sessions.honest_refusals
+        );
+    }
     let a = &r.adversaries;
     let _ = writeln!(
         s,

@@ -193,7 +193,7 @@ pub struct Adversaries {
     pub replays: BTreeMap<String, u64>,
     /// Culprit wallets (double spenders and clones).
     pub culprit_wallets: usize,
-    /// Sessions with forgers refused.
+    /// Sessions with a forger, refused.
     pub forged_sessions_refused: u64,
     /// Sessions with stallers ended by the stall timer.
     pub stalled_sessions: u64,
@@ -515,7 +515,8 @@ impl Report {
             forged_sessions_refused: ends
                 .get(&crate::session::SessionEnd::Refused)
                 .copied()
-                .unwrap_or(0),
+                .unwrap_or(0)
+                .saturating_sub(sim.sessions.honest_refusals.values().sum()),
             stalled_sessions: ends
                 .get(&crate::session::SessionEnd::Stalled)
                 .copied()

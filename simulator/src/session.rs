@@ -2,7 +2,8 @@
 //! real [`SyncSession`] machines on both sides, their frames carried with
 //! modelled airtime, turns and loss.
 
-use meshpay_proto::sync::{SyncConfig, SyncSession};
+use meshpay_proto::ledger::LedgerError;
+use meshpay_proto::sync::{SyncConfig, SyncError, SyncSession};
 use meshpay_proto::time::Millis;
 use rand::RngExt;
 
@@ -33,6 +34,24 @@ pub struct SessionResult {
     pub elapsed_us: f64,
     /// Whether either ledger gained entries.
     pub changed: bool,
+    /// Why a side refused, when it did (the error's kind, without ids).
+    pub refusal: Option<String>,
+}
+
+/// The kind of a sync error, without the ids in its message, for counting.
+fn kind(e: &SyncError) -> String {
+    match e {
+        SyncError::Ledger(LedgerError::UnknownAllowance(_)) => {
+            "peer data refused: entry for unknown allowance".into()
+        }
+        SyncError::Ledger(LedgerError::BadHeaderSignature { .. }) => {
+            "peer data refused: header not signed by its wallet".into()
+        }
+        SyncError::Ledger(LedgerError::KeyTaken(_)) => {
+            "peer data refused: ledger key already holds a different value".into()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Most direction turns before the simulator gives up on a session that
@@ -59,6 +78,7 @@ pub fn run<R: rand::Rng + ?Sized>(
     let (len_a, len_b) = (a.ledger.len(), b.ledger.len());
     let mut elapsed = link.setup_us();
     let mut end = SessionEnd::Capped;
+    let mut refusal = None;
     let mut turns = 0;
     'session: while turns < MAX_TURNS {
         for dir in 0..2 {
@@ -98,6 +118,7 @@ pub fn run<R: rand::Rng + ?Sized>(
                 }
                 if let Err(e) = result {
                     tracing::debug!(error = %e, from = ?from.behaviour, "sync session refused");
+                    refusal = Some(kind(&e));
                     end = SessionEnd::Refused;
                     break 'session;
                 }
@@ -137,6 +158,7 @@ pub fn run<R: rand::Rng + ?Sized>(
         end,
         elapsed_us: elapsed,
         changed,
+        refusal,
     }
 }
 

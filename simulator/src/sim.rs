@@ -77,6 +77,9 @@ pub struct SessionCounts {
     /// Contacts left out because an earlier session with that peer failed
     /// (back-off).
     pub skipped_backoff: u64,
+    /// Sessions between two honest devices that one side refused, by the
+    /// error's kind: each is a protocol finding, not an attack.
+    pub honest_refusals: BTreeMap<String, u64>,
 }
 
 /// A run in progress, and afterwards everything the report needs.
@@ -440,6 +443,11 @@ impl Simulation {
             busy[b] = t_end;
             *self.sessions.by_end.entry(r.end).or_default() += 1;
             self.events += 1;
+            let honest = self.devices[a].behaviour == Behaviour::Honest
+                && self.devices[b].behaviour == Behaviour::Honest;
+            if let (true, Some(why)) = (honest, r.refusal) {
+                *self.sessions.honest_refusals.entry(why).or_default() += 1;
+            }
             // A node's policy, not the protocol's: after a failed session
             // leave that peer alone for a while, doubling up to a day.
             if matches!(r.end, SessionEnd::Agreed) {
