@@ -3,25 +3,24 @@
 
 mod common;
 
-use std::process::Command;
+use std::ffi::OsStr;
 
 fn run(seed: u64, dir: &std::path::Path) -> Vec<Vec<u8>> {
     let json = dir.join("out.json");
     let csv = dir.join("out.csv");
-    let out = Command::new(env!("CARGO_BIN_EXE_meshpay-sim"))
-        .arg("run")
-        .arg(common::scenario_path("cabin"))
-        .args(["--seed", &seed.to_string(), "--hours", "3"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--csv")
-        .arg(&csv)
-        .output()
-        .expect("runs the simulator");
-    assert!(
-        out.status.success(),
-        "simulator failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let seed = seed.to_string();
+    common::run_cli_ok(
+        "cabin",
+        [
+            OsStr::new("--seed"),
+            OsStr::new(&seed),
+            OsStr::new("--hours"),
+            OsStr::new("3"),
+            OsStr::new("--json"),
+            json.as_os_str(),
+            OsStr::new("--csv"),
+            csv.as_os_str(),
+        ],
     );
     [
         "out.json",

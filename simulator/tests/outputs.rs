@@ -2,27 +2,12 @@
 
 mod common;
 
-use std::process::Command;
-
-fn sim() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_meshpay-sim"))
-}
+use std::ffi::OsStr;
 
 #[test]
 fn plots_are_drawn_as_svg_and_png() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = sim()
-        .arg("run")
-        .arg(common::scenario_path("lab"))
-        .arg("--plots")
-        .arg(dir.path())
-        .output()
-        .expect("runs the simulator");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_cli_ok("lab", [OsStr::new("--plots"), dir.path().as_os_str()]);
     for name in ["settlement", "detection", "payment-latency", "device-bytes"] {
         let svg = std::fs::read_to_string(dir.path().join(format!("{name}.svg"))).expect("svg");
         assert!(
@@ -48,19 +33,14 @@ fn a_recorded_trace_drives_the_contacts() {
     let path = dir.path().join("trace.csv");
     std::fs::write(&path, trace).expect("write trace");
     let json = dir.path().join("out.json");
-    let out = sim()
-        .arg("run")
-        .arg(common::scenario_path("lab"))
-        .arg("--trace")
-        .arg(&path)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("runs the simulator");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::run_cli_ok(
+        "lab",
+        [
+            OsStr::new("--trace"),
+            path.as_os_str(),
+            OsStr::new("--json"),
+            json.as_os_str(),
+        ],
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid JSON");
@@ -80,13 +60,7 @@ fn a_recorded_trace_drives_the_contacts() {
 
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "5,0,99,ble\n").expect("write");
-    let out = sim()
-        .arg("run")
-        .arg(common::scenario_path("lab"))
-        .arg("--trace")
-        .arg(&bad)
-        .output()
-        .expect("runs the simulator");
+    let out = common::run_cli("lab", [OsStr::new("--trace"), bad.as_os_str()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 1") && err.contains("device 99"), "{err}");

@@ -1,7 +1,9 @@
 //! Helpers shared by the simulator's tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use meshpay_sim::report::Report;
 use meshpay_sim::scenario::Scenario;
@@ -22,4 +24,33 @@ pub fn run(scenario: Scenario, seed: u64) -> Report {
     let mut sim = Simulation::new(scenario, seed, None);
     sim.run(&mut |_| {});
     Report::new(&mut sim)
+}
+
+/// Runs `meshpay-sim run <scenario> <args>`.
+pub fn run_cli<I, S>(scenario: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_meshpay-sim"))
+        .arg("run")
+        .arg(scenario_path(scenario))
+        .args(args)
+        .output()
+        .expect("runs the simulator")
+}
+
+/// Like [`run_cli`], and the run must succeed.
+pub fn run_cli_ok<I, S>(scenario: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = run_cli(scenario, args);
+    assert!(
+        out.status.success(),
+        "simulator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
