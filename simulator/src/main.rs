@@ -131,7 +131,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             let mut sim = Simulation::new(s, seed, trace);
-            sim.run(&mut |t| bar.set_position(t / 1000));
+            let mut next_log = 0;
+            sim.run(&mut |t| {
+                bar.set_position(t / 1000);
+                // One line per simulated hour for logs of long runs
+                // (RUST_LOG=info), which have no terminal for the bar.
+                if t >= next_log {
+                    next_log = t + 3_600_000;
+                    tracing::info!(
+                        simulated_h = t / 3_600_000,
+                        wall_s = wall.elapsed().as_secs(),
+                        "progress"
+                    );
+                }
+            });
             bar.finish_and_clear();
             let report = Report::new(&mut sim);
             let secs = wall.elapsed().as_secs_f64();

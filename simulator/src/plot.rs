@@ -138,19 +138,26 @@ fn settlement<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> 
         .y_desc("% of honest receipts settled")
         .draw()
         .map_err(|e| e.to_string())?;
-    let series = [("measured", BLUE, 1usize), ("limit", RED, 2)];
-    for (name, color, i) in series {
+    // The limit first and wider, so that the measured line shows on top
+    // where the two coincide.
+    let series = [
+        ("limit", RED.mix(0.45), 2usize, 7u32),
+        ("measured", BLUE.mix(1.0), 1, 2),
+    ];
+    for (name, color, i, width) in series {
         chart
             .draw_series(LineSeries::new(
                 r.settlement
                     .by_hour
                     .iter()
                     .map(|x| (x.0, 100.0 * if i == 1 { x.1 } else { x.2 })),
-                color.stroke_width(2),
+                color.stroke_width(width),
             ))
             .map_err(|e| e.to_string())?
             .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 20, y)], color.stroke_width(width))
+            });
     }
     legend(&mut chart)
 }
