@@ -344,9 +344,7 @@ impl Report {
                 first_detect.insert(c.allowance, f);
             }
             let measured = stages(held, honest.len(), t2, c.reported.unwrap_or(NEVER));
-            let e1 = sim.history.earliest_arrival(&[c.first]);
-            let e2 = sim.history.earliest_arrival(&[c.second]);
-            let both: Vec<SimTime> = e1.iter().zip(&e2).map(|(a, b)| *a.max(b)).collect();
+            let both = earliest_pair(sim, c);
             let proof = sim.history.earliest_arrival_each(&both);
             let settle = (0..both.len())
                 .filter(|&d| both[d] != NEVER)
@@ -541,6 +539,34 @@ impl Report {
             devices: rows,
         }
     }
+}
+
+/// For every device, the earliest instant it could hold two conflicting
+/// headers of the conflict's allowance: over every pair of headers shown
+/// to payees that conflict (a double spender makes several), the later of
+/// the two arrivals. A proof needs such a pair, so no device can hold one
+/// earlier.
+fn earliest_pair(sim: &Simulation, c: &crate::sim::ConflictFact) -> Vec<SimTime> {
+    let shown: &[(_, u32, SimTime)] = sim
+        .presented
+        .get(&c.allowance)
+        .map_or(&[], |v| v.as_slice());
+    let arrivals: Vec<Vec<SimTime>> = shown
+        .iter()
+        .map(|(_, d, t)| sim.history.earliest_arrival(&[(*d, *t)]))
+        .collect();
+    let mut best = vec![NEVER; sim.devices.len()];
+    for i in 0..shown.len() {
+        for j in i + 1..shown.len() {
+            if meshpay_proto::conflict::detect(&shown[i].0, &shown[j].0).is_none() {
+                continue;
+            }
+            for (d, b) in best.iter_mut().enumerate() {
+                *b = (*b).min(arrivals[i][d].max(arrivals[j][d]));
+            }
+        }
+    }
+    best
 }
 
 fn hex(b: &[u8]) -> String {

@@ -104,7 +104,9 @@ pub struct Simulation {
     /// Every payment.
     pub payments: Vec<PaymentRecord>,
     pending: Vec<usize>,
-    presented: BTreeMap<AllowanceId, Vec<(SignedHeader, DeviceId, SimTime)>>,
+    /// Every header shown to a payee, per allowance (up to 64 each), with
+    /// the payee and when: what the limit of a conflict is computed from.
+    pub presented: BTreeMap<AllowanceId, Vec<(SignedHeader, DeviceId, SimTime)>>,
     /// Conflicts, by allowance.
     pub conflicts: BTreeMap<AllowanceId, ConflictFact>,
     naive_last: Vec<u64>,
