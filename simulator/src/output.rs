@@ -58,9 +58,10 @@ pub fn table(r: &Report) -> String {
     let fr = &r.fraud;
     let _ = writeln!(
         s,
-        "fraud exposure: {} accepted from culprits, {} after first detection ({} payments), {} at payees in reach of a proof holder ({} payments)",
+        "fraud exposure: {} accepted from culprits, {} after first detection (limit {}; {} payments), {} at payees in reach of a proof holder ({} payments)",
         fr.culprit_value_accepted,
         fr.value_after_detection,
+        fr.limit_value,
         fr.payments_after_detection,
         fr.in_reach_value,
         fr.in_reach_payments

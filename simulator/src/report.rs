@@ -144,6 +144,10 @@ pub struct Fraud {
     pub in_reach_value: u64,
     /// Value of all accepted culprit payments.
     pub culprit_value_accepted: u64,
+    /// The limit's exposure: of the same payments, the value accepted
+    /// after a proof could first exist anywhere by payees the proof could
+    /// not yet have reached.
+    pub limit_value: u64,
 }
 
 /// Settlement completeness.
@@ -326,6 +330,7 @@ impl Report {
         // Detection, against the limit.
         let mut rows = Vec::new();
         let mut first_detect: BTreeMap<_, SimTime> = BTreeMap::new();
+        let mut proof_limit: BTreeMap<_, Vec<SimTime>> = BTreeMap::new();
         for c in sim.conflicts.values() {
             let t2 = c.second.1;
             let held: Vec<SimTime> = honest
@@ -346,6 +351,7 @@ impl Report {
             let measured = stages(held, honest.len(), t2, c.reported.unwrap_or(NEVER));
             let both = earliest_pair(sim, c);
             let proof = sim.history.earliest_arrival_each(&both);
+            proof_limit.insert(c.allowance, proof.clone());
             let settle = (0..both.len())
                 .filter(|&d| both[d] != NEVER)
                 .map(|d| settle_limit.earliest(d as u32, both[d]))
@@ -398,10 +404,17 @@ impl Report {
             in_reach_payments: 0,
             in_reach_value: 0,
             culprit_value_accepted: 0,
+            limit_value: 0,
         };
         for p in sim.payments.iter().filter(|p| p.accepted && p.culprit) {
             fraud.culprit_value_accepted += p.amount;
             let Some(h) = &p.header else { continue };
+            if let Some(limit) = proof_limit.get(&h.allowance)
+                && limit.iter().min().is_some_and(|&first| first < p.t)
+                && limit[p.payee as usize] > p.t
+            {
+                fraud.limit_value += p.amount;
+            }
             let Some(&detected) = first_detect.get(&h.allowance) else {
                 continue;
             };
