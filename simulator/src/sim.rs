@@ -80,6 +80,9 @@ pub struct SessionCounts {
     /// Sessions between two honest devices that one side refused, by the
     /// error's kind: each is a protocol finding, not an attack.
     pub honest_refusals: BTreeMap<String, u64>,
+    /// Bytes of the opening `Urgent` messages (all proofs held, resent in
+    /// every session), both sides.
+    pub urgent_bytes: u64,
 }
 
 /// A run in progress, and afterwards everything the report needs.
@@ -445,6 +448,7 @@ impl Simulation {
             busy[b] = t_end;
             *self.sessions.by_end.entry(r.end).or_default() += 1;
             self.events += 1;
+            self.sessions.urgent_bytes += r.urgent_bytes;
             let honest = self.devices[a].behaviour == Behaviour::Honest
                 && self.devices[b].behaviour == Behaviour::Honest;
             if let (true, Some(why)) = (honest, r.refusal) {
