@@ -455,14 +455,16 @@ impl Simulation {
                 *self.sessions.honest_refusals.entry(why).or_default() += 1;
             }
             // A node's policy, not the protocol's: after a failed session
-            // leave that peer alone for a while, doubling up to a day.
+            // leave that peer alone for a while, doubling up to 16
+            // intervals (an honest peer can fail too: see the honest
+            // refusals counted above).
             if matches!(r.end, SessionEnd::Agreed) {
                 self.backoff.remove(&(c.a, c.b));
             } else {
                 let interval = self.scenario.sync_interval_s * 1000;
                 let e = self.backoff.entry((c.a, c.b)).or_insert((0, 0));
-                e.1 = (e.1 + 1).min(16);
-                let wait = (interval << e.1.min(10)).min(86_400_000);
+                e.1 = (e.1 + 1).min(4);
+                let wait = interval << e.1;
                 e.0 = t + wait;
             }
         }
