@@ -142,7 +142,7 @@ pub struct Fraud {
     pub in_reach_payments: u64,
     /// Their value.
     pub in_reach_value: u64,
-    /// Value of all accepted culprit payments.
+    /// Value of all culprit payments accepted by honest payees.
     pub culprit_value_accepted: u64,
     /// The limit's exposure: of the same payments, the value accepted
     /// after a proof could first exist anywhere by payees the proof could
@@ -406,7 +406,15 @@ impl Report {
             culprit_value_accepted: 0,
             limit_value: 0,
         };
-        for p in sim.payments.iter().filter(|p| p.accepted && p.culprit) {
+        // Forgers and stallers take payments too, but their own sessions
+        // fail, so they never learn of proofs: their losses are their own
+        // and are left out.
+        let honest_payee = |d: u32| sim.devices[d as usize].behaviour == Behaviour::Honest;
+        for p in sim
+            .payments
+            .iter()
+            .filter(|p| p.accepted && p.culprit && honest_payee(p.payee))
+        {
             fraud.culprit_value_accepted += p.amount;
             let Some(h) = &p.header else { continue };
             if let Some(limit) = proof_limit.get(&h.allowance)
