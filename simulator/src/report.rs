@@ -572,16 +572,9 @@ fn earliest_pair(sim: &Simulation, c: &crate::sim::ConflictFact) -> Vec<SimTime>
         .presented
         .get(&c.allowance)
         .map_or(&[], |v| v.as_slice());
-    // A header shown to a forger or staller stays there (see `tick`).
     let arrivals: Vec<Vec<SimTime>> = shown
         .iter()
-        .map(|(_, d, t)| {
-            if sim.devices[*d as usize].behaviour == Behaviour::Honest {
-                sim.history.earliest_arrival(&[(*d, *t)])
-            } else {
-                vec![NEVER; sim.devices.len()]
-            }
-        })
+        .map(|(_, d, t)| sim.history.earliest_arrival(&[(*d, *t)]))
         .collect();
     let mut best = vec![NEVER; sim.devices.len()];
     for i in 0..shown.len() {

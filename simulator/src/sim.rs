@@ -383,17 +383,7 @@ impl Simulation {
             }
             None => self.world.contacts(t),
         };
-        // The limit floods over honest devices only: nothing can be had
-        // from a forger or a staller, whatever the protocol.
-        let honest: Vec<Contact> = contacts
-            .iter()
-            .filter(|c| {
-                self.devices[c.a as usize].behaviour == Behaviour::Honest
-                    && self.devices[c.b as usize].behaviour == Behaviour::Honest
-            })
-            .copied()
-            .collect();
-        self.history.record(t, &honest);
+        self.history.record(t, &contacts);
         let n = self.devices.len();
         for c in &contacts {
             for (x, y) in [(c.a, c.b), (c.b, c.a)] {
