@@ -193,14 +193,18 @@ impl Simulation {
             .filter(|&d| !devices[d as usize].gateway)
             .collect();
         let mut bad = candidates.into_iter();
+        // They misbehave in sync only and take no payments, so every fact
+        // starts at an honest payee.
         for _ in 0..scenario.adversaries.forgers {
             if let Some(d) = bad.next() {
                 devices[d as usize].behaviour = Behaviour::Forger;
+                devices[d as usize].accepts_payments = false;
             }
         }
         for _ in 0..scenario.adversaries.stallers {
             if let Some(d) = bad.next() {
                 devices[d as usize].behaviour = Behaviour::Staller;
+                devices[d as usize].accepts_payments = false;
             }
         }
 
