@@ -323,19 +323,21 @@ impl Scenario {
         c.pos("duration_hours", self.duration_hours, 24.0 * 366.0);
         c.int("sync_interval_s", self.sync_interval_s, 1, 86_400);
         c.int("sync_fanout", self.sync_fanout.into(), 1, 64);
-        c.int("sites.count", self.sites.count.into(), 1, 100_000);
+        // The model keeps a site-by-site range table and a device-by-device
+        // table for the flooding baseline: these maxima keep both in memory.
+        c.int("sites.count", self.sites.count.into(), 1, 5_000);
         c.pos("sites.spacing_m", self.sites.spacing_m, 1e6);
         if self.sites.layout == Layout::Grid {
             c.pos("sites.area_m", self.sites.area_m, 1e6);
         }
-        c.int("merchants.count", self.merchants.count.into(), 1, 1_000_000);
+        c.int("merchants.count", self.merchants.count.into(), 1, 5_000);
         c.int(
             "merchants.sites_with_merchants",
             self.merchants.sites_with_merchants.into(),
             0,
             self.sites.count.into(),
         );
-        c.int("carriers.count", self.carriers.count.into(), 0, 100_000);
+        c.int("carriers.count", self.carriers.count.into(), 0, 1_000);
         c.pos("carriers.speed_m_s", self.carriers.speed_m_s, 1_000.0);
         c.int("carriers.dwell_s", self.carriers.dwell_s, 1, 86_400 * 30);
         c.int("wallets.count", self.wallets.count.into(), 1, 10_000_000);

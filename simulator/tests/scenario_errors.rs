@@ -57,6 +57,7 @@ fn out_of_range_values_name_their_field() {
             "sync_interval_s = 0",
             "sync_interval_s",
         ),
+        ("count = 1\nlayout", "count = 100000\nlayout", "sites.count"),
     ];
     for (from, to, field) in cases {
         assert!(t.contains(from), "fixture text {from:?} not in lab.toml");
