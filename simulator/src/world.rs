@@ -277,8 +277,11 @@ impl World {
     }
 }
 
+/// Euclidean distance. Products and `sqrt` only: IEEE 754 makes them
+/// exact to the bit on every machine (`powi` is not guaranteed to be).
 fn dist(a: (f64, f64), b: (f64, f64)) -> f64 {
-    ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt()
+    let (dx, dy) = (a.0 - b.0, a.1 - b.1);
+    (dx * dx + dy * dy).sqrt()
 }
 
 /// Hours to milliseconds.
