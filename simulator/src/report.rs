@@ -462,7 +462,8 @@ impl Report {
             .collect();
         let limit: Vec<SimTime> = honest_paid
             .iter()
-            .map(|p| settle_limit.earliest(p.payee, p.t + (p.protocol_us / 1000.0) as SimTime))
+            // From the payment's start, as for conflicts: a lower bound.
+            .map(|p| settle_limit.earliest(p.payee, p.t))
             .collect();
         let hours = sim.scenario.duration_hours.ceil() as u32;
         let share = |v: &[SimTime], h: u32| {

@@ -572,7 +572,6 @@ impl Simulation {
             &mut self.rng,
         );
         wallet.last_site = Some(site);
-        let t_done = t + (r.protocol_us / 1000.0) as SimTime;
         let (header, accepted, refused) = match &r.end {
             PaymentEnd::Paid(tr) => {
                 self.recent
@@ -586,7 +585,10 @@ impl Simulation {
             PaymentEnd::PayerRefused | PaymentEnd::Uncertain => (None, false, None),
         };
         if let PaymentEnd::Paid(tr) | PaymentEnd::Refused(_, _, tr) = &r.end {
-            self.note_presented(tr.signed_header(), payee, t_done);
+            // From the payment's start: the payee takes the header in
+            // during the exchange, never before, so the limit stays a lower
+            // bound whatever the link's turns cost.
+            self.note_presented(tr.signed_header(), payee, t);
         }
         if accepted {
             self.pending.push(self.payments.len());
