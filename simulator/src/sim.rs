@@ -1,0 +1,680 @@
+//! The discrete-event loop: payments at their instants, a tick per sync
+//! interval (contacts, sessions, uplinks), replays; one thread, one seeded
+//! random stream, so the same seed gives the same run on any machine.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use chacha20::ChaCha8Rng;
+use meshpay_proto::prelude::*;
+use rand::{RngExt, SeedableRng};
+
+use crate::devices::{Behaviour, LedgerDevice, Wallet, pair_mut};
+use crate::limit::{ContactHistory, Windows};
+use crate::link::{LinkKind, LinkModel};
+use crate::payment::{self, PaymentEnd};
+use crate::scenario::Scenario;
+use crate::session::{self, SessionEnd};
+use crate::settle;
+use crate::world::{Contact, DeviceId, SimTime, World, hours_ms};
+
+/// A payment as it happened.
+#[derive(Debug, Clone)]
+pub struct PaymentRecord {
+    /// When it started.
+    pub t: SimTime,
+    /// The paying wallet.
+    pub wallet: u32,
+    /// Whether the wallet is an adversary.
+    pub culprit: bool,
+    /// The payee.
+    pub payee: DeviceId,
+    /// Amount.
+    pub amount: u64,
+    /// The header, if a transfer was signed.
+    pub header: Option<TransferHeader>,
+    /// Whether the payee accepted it.
+    pub accepted: bool,
+    /// The rule named by a refusal.
+    pub refused: Option<Rule>,
+    /// Protocol time, microseconds.
+    pub protocol_us: f64,
+    /// When a gateway uploaded its header.
+    pub settled: Option<SimTime>,
+}
+
+/// The first two conflicting headers of one allowance, as the world
+/// produced them (ground truth, kept outside every device).
+#[derive(Debug, Clone)]
+pub struct ConflictFact {
+    /// The allowance.
+    pub allowance: AllowanceId,
+    /// The payee holding the earlier header, and since when.
+    pub first: (DeviceId, SimTime),
+    /// The payee shown the later header, and when.
+    pub second: (DeviceId, SimTime),
+    /// When a gateway holding its proof was in an uplink window.
+    pub reported: Option<SimTime>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Tick,
+    Pay { wallet: u32, tries: u32 },
+    Replay,
+}
+
+/// Counters of sync sessions.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SessionCounts {
+    /// Sessions by how they ended.
+    pub by_end: BTreeMap<SessionEnd, u64>,
+    /// Contacts where both ledgers had equal digests: no session (the
+    /// digest travels in the advertisement / hello).
+    pub skipped_in_sync: u64,
+    /// Contacts left out because a device was at its connection limit.
+    pub skipped_busy: u64,
+    /// Contacts left out because an earlier session with that peer failed
+    /// (back-off).
+    pub skipped_backoff: u64,
+    /// Sessions between two honest devices that one side refused, by the
+    /// error's kind: each is a protocol finding, not an attack.
+    pub honest_refusals: BTreeMap<String, u64>,
+    /// Bytes of the opening `Urgent` messages (all proofs held, resent in
+    /// every session), both sides.
+    pub urgent_bytes: u64,
+}
+
+/// A run in progress, and afterwards everything the report needs.
+pub struct Simulation {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The seed.
+    pub seed: u64,
+    rng: ChaCha8Rng,
+    world: World,
+    trace: Option<BTreeMap<SimTime, Vec<Contact>>>,
+    /// Ledger devices.
+    pub devices: Vec<LedgerDevice>,
+    /// Wallets (clones after the originals).
+    pub wallets: Vec<Wallet>,
+    ble: LinkModel,
+    lan: LinkModel,
+    queue: BinaryHeap<Reverse<(SimTime, u64, Event)>>,
+    seq: u64,
+    /// Contacts, for the limit.
+    pub history: ContactHistory,
+    /// Every payment.
+    pub payments: Vec<PaymentRecord>,
+    pending: Vec<usize>,
+    /// Every header shown to a payee, per allowance (up to 64 each), with
+    /// the payee and when: what the limit of a conflict is computed from.
+    pub presented: BTreeMap<AllowanceId, Vec<(SignedHeader, DeviceId, SimTime)>>,
+    /// Conflicts, by allowance.
+    pub conflicts: BTreeMap<AllowanceId, ConflictFact>,
+    naive_last: Vec<u64>,
+    /// Bytes naive flooding would have sent, remembering per peer what it
+    /// forwarded (once per message and peer).
+    pub naive_bytes: u64,
+    /// Bytes stateless naive flooding would have sent (every message held,
+    /// at every contact, both ways).
+    pub naive_stateless_bytes: u64,
+    /// Per ordered pair: ticks to skip after a failed session, and the
+    /// current back-off.
+    backoff: BTreeMap<(DeviceId, DeviceId), (SimTime, u32)>,
+    /// Sync sessions.
+    pub sessions: SessionCounts,
+    /// Replayed transfers by what the payee said.
+    pub replays: BTreeMap<String, u64>,
+    recent: VecDeque<(Transfer, Allowance, DeviceId)>,
+    /// Payments given up because no payee was in reach.
+    pub no_payee: u64,
+    /// Events processed: payments, ticks, replays and sync sessions.
+    pub events: u64,
+    /// Uplink windows.
+    pub windows: Windows,
+    /// End of the run.
+    pub end: SimTime,
+    start: Timestamp,
+}
+
+/// Size of a signed header as gossiped: what naive flooding sends per entry.
+pub const HEADER_BYTES: u64 = 118;
+
+/// Retry a payment this long after finding no payee in reach.
+const RETRY_MS: SimTime = 60_000;
+
+impl Simulation {
+    /// Builds the world, keys, allowances and schedules from `seed`.
+    /// `trace`, if given, replaces the modelled contacts.
+    pub fn new(
+        scenario: Scenario,
+        seed: u64,
+        trace: Option<BTreeMap<SimTime, Vec<Contact>>>,
+    ) -> Simulation {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let world = World::new(&scenario, seed);
+        let start = Timestamp(scenario.start_unix);
+        let end = hours_ms(scenario.duration_hours);
+        let issuer = SecretKey::generate(&mut rng);
+        let trust = TrustStore::new(issuer.public());
+        let currency = Currency::new("XSM").expect("three capital letters");
+        let expires = start.plus((scenario.duration_hours * 3600.0) as u64 + 86_400);
+        let class = 1;
+
+        let n_dev = world.device_count();
+        let merchants = scenario.merchants.count;
+        let mut devices: Vec<LedgerDevice> = (0..n_dev)
+            .map(|d| {
+                let key = SecretKey::generate(&mut rng);
+                let mut dev = LedgerDevice::new(key, &u64::from(d).to_le_bytes(), trust.clone());
+                let carrier = d >= merchants;
+                dev.accepts_payments = !carrier || scenario.carriers.accept_payments;
+                dev.gateway = if carrier {
+                    d - merchants < scenario.gateways.carriers
+                } else {
+                    d < scenario.gateways.merchants
+                };
+                dev.credential = Some(Box::new(PayeeCredential::sign(
+                    PayeeCredentialTerms {
+                        payee: dev.key.public(),
+                        class,
+                        expires_at: expires,
+                        issuer: issuer.public(),
+                    },
+                    &issuer,
+                )));
+                dev
+            })
+            .collect();
+        // Adversarial peers: the last non-gateway devices.
+        let candidates: Vec<DeviceId> = (0..n_dev)
+            .rev()
+            .filter(|&d| !devices[d as usize].gateway)
+            .collect();
+        let mut bad = candidates.into_iter();
+        // They misbehave in sync only and take no payments, so every fact
+        // starts at an honest payee.
+        for _ in 0..scenario.adversaries.forgers {
+            if let Some(d) = bad.next() {
+                devices[d as usize].behaviour = Behaviour::Forger;
+                devices[d as usize].accepts_payments = false;
+            }
+        }
+        for _ in 0..scenario.adversaries.stallers {
+            if let Some(d) = bad.next() {
+                devices[d as usize].behaviour = Behaviour::Staller;
+                devices[d as usize].accepts_payments = false;
+            }
+        }
+
+        let w = &scenario.wallets;
+        let sites = world.site_count();
+        let homes = if scenario.carriers.accept_payments && scenario.carriers.count > 0 {
+            sites
+        } else {
+            world.sites_with_merchants()
+        };
+        let mut wallets: Vec<Wallet> = (0..w.count)
+            .map(|i| {
+                let key = SecretKey::generate(&mut rng);
+                let mut id = [0u8; 16];
+                rng.fill(&mut id[..]);
+                let allowance = Allowance::sign(
+                    AllowanceTerms {
+                        id: AllowanceId(id),
+                        wallet: key.public(),
+                        amount: w.allowance,
+                        currency,
+                        issued_at: start.minus(3_600),
+                        expires_at: expires,
+                        caps: Caps {
+                            max_per_payment: w.amount_max,
+                            max_payments: 100_000,
+                        },
+                        tier: 1,
+                        restriction: w.restricted.then_some(Restriction::PayeeClass(class)),
+                        issuer: issuer.public(),
+                    },
+                    &issuer,
+                );
+                Wallet {
+                    key,
+                    allowance,
+                    spend: SpendState::FRESH,
+                    before_last: SpendState::FRESH,
+                    home: i % homes,
+                    last_site: None,
+                    double_spender: false,
+                    clone_of: None,
+                    cost: Default::default(),
+                }
+            })
+            .collect();
+
+        let mut sim = Simulation {
+            ble: LinkModel::new(LinkKind::Ble, &scenario),
+            lan: LinkModel::new(LinkKind::Lan, &scenario),
+            history: ContactHistory::new(n_dev),
+            naive_last: vec![0; (n_dev as usize) * (n_dev as usize)],
+            windows: Windows {
+                first: hours_ms(scenario.gateways.first_uplink_h),
+                every: hours_ms(scenario.gateways.every_h).max(1),
+                len: (scenario.gateways.window_min * 60_000.0) as SimTime,
+                end,
+            },
+            end,
+            start,
+            seed,
+            world,
+            trace,
+            devices,
+            wallets: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            payments: Vec::new(),
+            pending: Vec::new(),
+            presented: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            naive_bytes: 0,
+            naive_stateless_bytes: 0,
+            backoff: BTreeMap::new(),
+            sessions: SessionCounts::default(),
+            replays: BTreeMap::new(),
+            recent: VecDeque::new(),
+            no_payee: 0,
+            events: 0,
+            rng,
+            scenario,
+        };
+
+        // Schedules: buyers, double spenders among them, clones.
+        let active = hours_ms(sim.scenario.wallets.active_hours);
+        let per_wallet =
+            sim.scenario.wallets.payments_per_day * sim.scenario.wallets.active_hours / 24.0;
+        let mut buyers = Vec::new();
+        for (i, wallet) in wallets.iter_mut().enumerate() {
+            if sim.rng.random_bool(sim.scenario.wallets.buyers_share) {
+                buyers.push(i as u32);
+                if sim
+                    .rng
+                    .random_bool(sim.scenario.adversaries.double_spenders)
+                {
+                    wallet.double_spender = true;
+                }
+            }
+        }
+        let clones = (sim.scenario.adversaries.cloned_wallets as usize).min(buyers.len());
+        for k in 0..clones {
+            let original = buyers[k * buyers.len() / clones.max(1)];
+            let mut c = wallets[original as usize].clone();
+            c.clone_of = Some(original);
+            c.home = (c.home + sites / 2) % sites;
+            wallets.push(c);
+            buyers.push(wallets.len() as u32 - 1);
+        }
+        for &b in &buyers {
+            let culprit =
+                wallets[b as usize].is_culprit() || wallets.iter().any(|x| x.clone_of == Some(b));
+            let mut n =
+                per_wallet.floor() as u32 + u32::from(sim.rng.random_bool(per_wallet.fract()));
+            if culprit {
+                n = n.max(3);
+            }
+            for _ in 0..n {
+                let t = sim.rng.random_range(0..active.max(1));
+                sim.push(
+                    t,
+                    Event::Pay {
+                        wallet: b,
+                        tries: 0,
+                    },
+                );
+            }
+        }
+        sim.wallets = wallets;
+        for _ in 0..sim.scenario.adversaries.replays {
+            let t = sim.rng.random_range(active / 10..active.max(2));
+            sim.push(t, Event::Replay);
+        }
+        sim.push(0, Event::Tick);
+        sim
+    }
+
+    fn push(&mut self, t: SimTime, e: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((t, self.seq, e)));
+    }
+
+    /// Runs to the end; `progress` is told the simulated time reached.
+    pub fn run(&mut self, progress: &mut dyn FnMut(SimTime)) {
+        while let Some(Reverse((t, _, e))) = self.queue.pop() {
+            if t > self.end {
+                break;
+            }
+            self.events += 1;
+            match e {
+                Event::Tick => {
+                    self.tick(t);
+                    progress(t);
+                    let next = t + self.scenario.sync_interval_s * 1000;
+                    if next <= self.end {
+                        self.push(next, Event::Tick);
+                    }
+                }
+                Event::Pay { wallet, tries } => self.pay(t, wallet, tries),
+                Event::Replay => self.replay(t),
+            }
+        }
+    }
+
+    fn wall(&self, t: SimTime) -> Timestamp {
+        self.start.plus(t / 1000)
+    }
+
+    fn tick(&mut self, t: SimTime) {
+        self.world.advance(t);
+        let contacts = match &self.trace {
+            Some(trace) => {
+                let from = t.saturating_sub(self.scenario.sync_interval_s * 1000);
+                let mut c: Vec<Contact> = trace
+                    .range(from + u64::from(t > 0)..=t)
+                    .flat_map(|(_, v)| v.iter().copied())
+                    .collect();
+                c.sort();
+                c.dedup_by(|x, y| x.a == y.a && x.b == y.b);
+                c
+            }
+            None => self.world.contacts(t),
+        };
+        self.history.record(t, &contacts);
+        let n = self.devices.len();
+        for c in &contacts {
+            for (x, y) in [(c.a, c.b), (c.b, c.a)] {
+                let held = self.devices[x as usize].ledger.len() as u64;
+                self.naive_stateless_bytes += held * HEADER_BYTES;
+                let last = &mut self.naive_last[x as usize * n + y as usize];
+                self.naive_bytes += held.saturating_sub(*last) * HEADER_BYTES;
+                *last = (*last).max(held);
+            }
+        }
+        self.sync_round(t, contacts);
+        if self.windows.is_open(t) {
+            self.uplink(t);
+        }
+    }
+
+    fn sync_round(&mut self, t: SimTime, mut contacts: Vec<Contact>) {
+        // Fisher-Yates with the run's stream: no device is always first.
+        for i in (1..contacts.len()).rev() {
+            let j = self.rng.random_range(0..=i);
+            contacts.swap(i, j);
+        }
+        let n = self.devices.len();
+        let mut used = vec![0u32; n];
+        let mut busy = vec![t; n];
+        for c in contacts {
+            let (a, b) = (c.a as usize, c.b as usize);
+            let limit = match c.kind {
+                LinkKind::Ble => self
+                    .scenario
+                    .sync_fanout
+                    .min(self.scenario.ble.max_connections),
+                LinkKind::Lan => self.scenario.sync_fanout,
+            };
+            if used[a] >= limit || used[b] >= limit {
+                self.sessions.skipped_busy += 1;
+                continue;
+            }
+            if self
+                .backoff
+                .get(&(c.a, c.b))
+                .is_some_and(|&(until, _)| t < until)
+            {
+                self.sessions.skipped_backoff += 1;
+                continue;
+            }
+            let (da, db) = pair_mut(&mut self.devices, a, b);
+            if da.digest() == db.digest() {
+                self.sessions.skipped_in_sync += 1;
+                continue;
+            }
+            used[a] += 1;
+            used[b] += 1;
+            let link = match c.kind {
+                LinkKind::Ble => &self.ble,
+                LinkKind::Lan => &self.lan,
+            };
+            let t0 = busy[a].max(busy[b]);
+            let r = session::run((c.a, da), (c.b, db), link, t0, &mut self.rng);
+            let t_end = t0 + (r.elapsed_us / 1000.0) as SimTime;
+            busy[a] = t_end;
+            busy[b] = t_end;
+            *self.sessions.by_end.entry(r.end).or_default() += 1;
+            self.events += 1;
+            self.sessions.urgent_bytes += r.urgent_bytes;
+            let honest = self.devices[a].behaviour == Behaviour::Honest
+                && self.devices[b].behaviour == Behaviour::Honest;
+            if let (true, Some(why)) = (honest, r.refusal) {
+                *self.sessions.honest_refusals.entry(why).or_default() += 1;
+            }
+            // A node's policy, not the protocol's: after a failed session
+            // leave that peer alone for a while, doubling up to 16
+            // intervals (an honest peer can fail too: see the honest
+            // refusals counted above).
+            if matches!(r.end, SessionEnd::Agreed) {
+                self.backoff.remove(&(c.a, c.b));
+            } else {
+                let interval = self.scenario.sync_interval_s * 1000;
+                let e = self.backoff.entry((c.a, c.b)).or_insert((0, 0));
+                e.1 = (e.1 + 1).min(4);
+                let wait = interval << e.1;
+                e.0 = t + wait;
+            }
+        }
+    }
+
+    fn uplink(&mut self, t: SimTime) {
+        let gateways: Vec<usize> = (0..self.devices.len())
+            .filter(|&d| self.devices[d].gateway)
+            .collect();
+        let payments = &mut self.payments;
+        let devices = &self.devices;
+        self.pending.retain(|&i| {
+            let p = &mut payments[i];
+            let Some(h) = &p.header else { return false };
+            if gateways
+                .iter()
+                .any(|&g| settle::settles(&devices[g].ledger, h))
+            {
+                p.settled = Some(t);
+                false
+            } else {
+                true
+            }
+        });
+        for c in self.conflicts.values_mut() {
+            if c.reported.is_none()
+                && gateways
+                    .iter()
+                    .any(|&g| settle::reports_conflict(&devices[g].ledger, &c.allowance))
+            {
+                c.reported = Some(t);
+            }
+        }
+    }
+
+    /// Payees within reach of a wallet at `site` at `t`.
+    fn payees_at(&mut self, site: u32, t: SimTime) -> Vec<DeviceId> {
+        self.world.advance(t);
+        let mut out: Vec<DeviceId> = self
+            .world
+            .merchants_at(site)
+            .filter(|&m| self.devices[m as usize].accepts_payments)
+            .collect();
+        let near = self.world.sites_in_range(site);
+        let merchants = self.scenario.merchants.count as usize;
+        for (d, p) in self.world.positions(t).iter().enumerate().skip(merchants) {
+            if self.devices[d].accepts_payments && p.is_some_and(|s| near.contains(&s)) {
+                out.push(d as DeviceId);
+            }
+        }
+        out
+    }
+
+    fn pay(&mut self, t: SimTime, w: u32, tries: u32) {
+        let wallet = &self.wallets[w as usize];
+        let sites = self.world.site_count();
+        let roam = self.scenario.wallets.roam_sites;
+        let site = if wallet.is_culprit() && sites > 1 {
+            // Adversaries spend in different places on purpose.
+            self.rng.random_range(0..sites)
+        } else {
+            (wallet.home + self.rng.random_range(0..=roam)) % sites
+        };
+        let payees = self.payees_at(site, t);
+        if payees.is_empty() {
+            if tries < 240 {
+                self.push(
+                    t + RETRY_MS,
+                    Event::Pay {
+                        wallet: w,
+                        tries: tries + 1,
+                    },
+                );
+            } else {
+                self.no_payee += 1;
+            }
+            return;
+        }
+        let payee = payees[self.rng.random_range(0..payees.len())];
+        let w_ = &self.wallets[w as usize];
+        let spend = if w_.double_spender && w_.last_site.is_some_and(|s| s != site) {
+            w_.before_last
+        } else {
+            w_.spend
+        };
+        let culprit = w_.is_culprit() || self.wallets.iter().any(|x| x.clone_of == Some(w));
+        let lo = self.scenario.wallets.amount_min;
+        let hi = self.scenario.wallets.amount_max;
+        let amount = self.rng.random_range(lo..=hi);
+        let wall = self.wall(t);
+        let wallet = &mut self.wallets[w as usize];
+        let device = &mut self.devices[payee as usize];
+        let r = payment::run(
+            wallet,
+            spend,
+            device,
+            amount,
+            &self.ble,
+            t,
+            wall,
+            &mut self.rng,
+        );
+        wallet.last_site = Some(site);
+        let (header, accepted, refused) = match &r.end {
+            PaymentEnd::Paid(tr) => {
+                self.recent
+                    .push_back(((**tr).clone(), wallet.allowance.clone(), payee));
+                if self.recent.len() > 64 {
+                    self.recent.pop_front();
+                }
+                (Some(*tr.header()), true, None)
+            }
+            PaymentEnd::Refused(rule, _, tr) => (Some(*tr.header()), false, Some(*rule)),
+            PaymentEnd::PayerRefused | PaymentEnd::Uncertain => (None, false, None),
+        };
+        if let PaymentEnd::Paid(tr) | PaymentEnd::Refused(_, _, tr) = &r.end {
+            // From the payment's start: the payee takes the header in
+            // during the exchange, never before, so the limit stays a lower
+            // bound whatever the link's turns cost.
+            self.note_presented(tr.signed_header(), payee, t);
+        }
+        if accepted {
+            self.pending.push(self.payments.len());
+        }
+        self.payments.push(PaymentRecord {
+            t,
+            wallet: w,
+            culprit,
+            payee,
+            amount,
+            header,
+            accepted,
+            refused,
+            protocol_us: r.protocol_us,
+            settled: None,
+        });
+    }
+
+    /// Ground truth: the first pair of conflicting headers per allowance.
+    fn note_presented(&mut self, h: SignedHeader, payee: DeviceId, t: SimTime) {
+        let list = self.presented.entry(h.allowance).or_default();
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.conflicts.entry(h.allowance)
+            && let Some((_, d, t1)) = list
+                .iter()
+                .find(|(o, _, _)| meshpay_proto::conflict::detect(&h, o).is_some())
+        {
+            slot.insert(ConflictFact {
+                allowance: h.allowance,
+                first: (*d, *t1),
+                second: (payee, t),
+                reported: None,
+            });
+        }
+        if list.len() < 64 {
+            list.push((h, payee, t));
+        }
+    }
+
+    fn replay(&mut self, t: SimTime) {
+        if self.recent.is_empty() {
+            *self
+                .replays
+                .entry("nothing to replay yet".into())
+                .or_default() += 1;
+            return;
+        }
+        let k = self.rng.random_range(0..self.recent.len());
+        let (transfer, allowance, original) = self.recent[k].clone();
+        let candidates: Vec<usize> = (0..self.devices.len())
+            .filter(|&d| d != original as usize && self.devices[d].accepts_payments)
+            .collect();
+        let Some(&target) = candidates.get(self.rng.random_range(0..candidates.len().max(1)))
+        else {
+            return;
+        };
+        let wall = self.wall(t);
+        let device = &mut self.devices[target];
+        let mut payee = PayeeSession::new(
+            device.key.clone(),
+            transfer.header().amount,
+            allowance.currency,
+            None,
+            device.credential.clone(),
+            &mut self.rng,
+            Millis(t),
+        );
+        let policy = PaymentPolicy::default();
+        let ctx = CheckContext {
+            trust: device.ledger.trust(),
+            policy: &policy,
+            now: wall,
+            mesh: &device.ledger,
+        };
+        let _ = payee.handle(
+            PaymentMessage::Transfer {
+                allowance: Some(Box::new(allowance)),
+                transfer,
+            },
+            &ctx,
+        );
+        let mut outcome = "accepted (protocol failure)".to_string();
+        while let Some(e) = payee.poll_effect() {
+            if let PayeeEffect::Refused(err) = e {
+                outcome = format!("refused: {}", err.rule().name());
+            }
+        }
+        *self.replays.entry(outcome).or_default() += 1;
+    }
+}
