@@ -77,7 +77,7 @@ async fn run(sync: Duration) -> (Duration, Duration) {
                 valid_secs: 86_400,
                 caps: Caps {
                     max_per_payment: 1_000,
-                    max_payments: 1_000,
+                    max_payments: 500,
                 },
             },
         },

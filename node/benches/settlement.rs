@@ -36,7 +36,13 @@ fn issuer() -> SecretKey {
 
 /// Opens a service over `kv` and loads one allowance per wallet.
 fn service(kv: Box<dyn Kv>) -> Service<Box<dyn Kv>> {
-    let mut s = Service::open(kv, issuer(), SettlementConfig::default()).expect("open");
+    let mut s = Service::open(kv, issuer(), SettlementConfig::default())
+        .expect("open")
+        .with_policy(meshpay_node::settlement::IssuePolicy {
+            max_amount: 1_000_000,
+            max_payments: 1_000,
+            ..Default::default()
+        });
     for i in 0..ALLOWANCES {
         let wallet = key(i, 2);
         s.deposit(wallet.public().into(), 1_000_000)

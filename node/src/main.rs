@@ -236,6 +236,18 @@ enum SettlementAction {
         /// (then the unspent escrow is refunded).
         #[arg(long, default_value_t = 7)]
         grace_days: u64,
+        /// The currency accounts hold.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// Largest allowance a wallet may load, e.g. 1000.00.
+        #[arg(long, default_value = "1000.00")]
+        max_allowance: String,
+        /// Largest single payment an allowance may allow, e.g. 100.00.
+        #[arg(long, default_value = "100.00")]
+        max_per_payment: String,
+        /// Most payments an allowance may allow.
+        #[arg(long, default_value_t = 500)]
+        max_payments: u32,
     },
 }
 
@@ -480,8 +492,19 @@ fn main() -> ExitCode {
                     loss_policy,
                     risk_fund_cap,
                     grace_days,
+                    currency,
+                    max_allowance,
+                    max_per_payment,
+                    max_payments,
                 },
         } => (|| {
+            let policy = meshpay_node::settlement::IssuePolicy {
+                currency: Currency::new(&currency)
+                    .ok_or("--currency must be three upper-case letters")?,
+                max_amount: parse_amount(&max_allowance)?,
+                max_per_payment: parse_amount(&max_per_payment)?,
+                max_payments,
+            };
             use meshpay_proto::settlement::{LossPolicy, SettlementConfig};
             let config = SettlementConfig {
                 loss_policy: if loss_policy == "fund" {
@@ -501,6 +524,7 @@ fn main() -> ExitCode {
                 database.as_deref().map(|url| (url, database_schema.as_str())),
                 operator_token_file.as_deref(),
                 config,
+                policy,
             )
         })(),
         Command::Ble {
@@ -843,6 +867,7 @@ fn serve_settlement(
     database: Option<(&str, &str)>,
     operator_token_file: Option<&std::path::Path>,
     config: meshpay_proto::settlement::SettlementConfig,
+    policy: meshpay_node::settlement::IssuePolicy,
 ) -> Result<(), String> {
     use meshpay_node::settlement::{Kv, PgKv, RedbKv, Service, http};
     let issuer = read_issuer_key(issuer_key)?;
@@ -869,7 +894,9 @@ fn serve_settlement(
             Box::new(RedbKv::open(&data_dir.join("settlement.redb")).map_err(|e| e.to_string())?)
         }
     };
-    let service = Service::open(kv, issuer, config).map_err(|e| e.to_string())?;
+    let service = Service::open(kv, issuer, config)
+        .map_err(|e| e.to_string())?
+        .with_policy(policy);
     let where_ = service.describe();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {

@@ -105,8 +105,16 @@ fn story(kv: Box<dyn Kv>) -> Value {
     assert!(refused(s.issue(&elsewhere, AllowanceId([8; 16]), T0)).contains("another issuer"));
     let stale = issue_request(&alice, 3, 100, T0.minus(3_600));
     assert!(refused(s.issue(&stale, AllowanceId([8; 16]), T0)).contains("clock"));
-    let greedy = issue_request(&alice, 4, 2_001, T0);
+    let greedy = issue_request(&alice, 4, 3_001, T0);
     assert!(refused(s.issue(&greedy, AllowanceId([8; 16]), T0)).contains("holds"));
+    // The issuer, not the wallet, sets the limits: caps above its policy
+    // are refused.
+    let mut wide = issue_request(&alice, 6, 3_000, T0).terms;
+    if let WalletAction::Issue { caps, .. } = &mut wide.action {
+        caps.max_payments = 100_000;
+    }
+    let wide = WalletRequest::sign(wide, &alice);
+    assert!(refused(s.issue(&wide, AllowanceId([8; 16]), T0)).contains("policy"));
 
     // Offline, alice pays bob three times; a clone of her wallet spends
     // sequence 2 again at carol.

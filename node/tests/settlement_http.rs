@@ -68,7 +68,7 @@ fn serve(dir: &Path, backend: &Backend) -> Served {
         .open(dir.join("service.log"))
         .expect("log");
     let mut command = Command::new(env!("CARGO_BIN_EXE_meshpay"));
-    command.args(["settlement", "serve"]);
+    command.args(["settlement", "serve", "--max-payments", "5000"]);
     if let Backend::Postgres(url, schema) = backend {
         command.args(["--database", url, "--database-schema", schema]);
     }
@@ -164,7 +164,7 @@ fn request_hex(wallet: &SecretKey, nonce: u8, amount: u64, max_payments: u32) ->
                 currency: Currency::new("EUR").expect("code"),
                 valid_secs: 86_400,
                 caps: Caps {
-                    max_per_payment: 1_000,
+                    max_per_payment: amount.min(1_000),
                     max_payments,
                 },
             },

@@ -8,4 +8,4 @@ pub mod kv;
 pub mod service;
 
 pub use kv::{Kv, KvError, PgKv, RedbKv};
-pub use service::{ReceiptOutcome, Service, ServiceError, StatementEntry, Submitted};
+pub use service::{IssuePolicy, ReceiptOutcome, Service, ServiceError, StatementEntry, Submitted};

@@ -96,6 +96,35 @@ pub struct Service<K: Kv> {
     issuer: SecretKey,
     trust: TrustStore,
     config: SettlementConfig,
+    policy: IssuePolicy,
+}
+
+/// What the issuer lets a wallet ask for. The caps bound what a cloned or
+/// cheating wallet can take offline before the mesh catches it (about
+/// `max_payments` × `max_per_payment` across payees who never heard of each
+/// other), so the issuer sets them, not the wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuePolicy {
+    /// The only currency accounts hold.
+    pub currency: Currency,
+    /// Largest allowance, minor units.
+    pub max_amount: u64,
+    /// Largest single payment an allowance may allow, minor units.
+    pub max_per_payment: u64,
+    /// Most payments an allowance may allow.
+    pub max_payments: u32,
+}
+
+impl Default for IssuePolicy {
+    /// EUR; allowances up to 1,000.00, payments up to 100.00, 500 payments.
+    fn default() -> Self {
+        IssuePolicy {
+            currency: Currency::new("EUR").unwrap_or_else(|| unreachable!("a valid code")),
+            max_amount: 100_000,
+            max_per_payment: 10_000,
+            max_payments: 500,
+        }
+    }
 }
 
 /// A u64 as a storage key: big-endian, so that keys sort by number
@@ -155,6 +184,7 @@ impl<K: Kv> Service<K> {
             issuer,
             trust,
             config,
+            policy: IssuePolicy::default(),
         })
     }
 
@@ -169,6 +199,12 @@ impl<K: Kv> Service<K> {
     /// The issuer's public key.
     pub fn issuer(&self) -> PublicKey {
         self.issuer.public()
+    }
+
+    /// Replaces the issuing policy.
+    pub fn with_policy(mut self, policy: IssuePolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The rules' tunables.
@@ -370,6 +406,19 @@ impl<K: Kv> Service<K> {
         };
         if amount == 0 || caps.max_per_payment == 0 || caps.max_payments == 0 {
             return Err(refused("amount and caps must be positive"));
+        }
+        let p = &self.policy;
+        if currency != p.currency {
+            return Err(refused(format!("this service holds {} only", p.currency)));
+        }
+        if amount > p.max_amount
+            || caps.max_per_payment > p.max_per_payment.min(amount)
+            || caps.max_payments > p.max_payments
+        {
+            return Err(refused(format!(
+                "beyond the issuer's policy: at most {} per allowance, {} per payment (and not above the amount), {} payments",
+                p.max_amount, p.max_per_payment, p.max_payments
+            )));
         }
         if !(60..=366 * 86_400).contains(&valid_secs) {
             return Err(refused("validity must be between a minute and a year"));
