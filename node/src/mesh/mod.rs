@@ -339,6 +339,10 @@ impl Mesh {
             Command::Dial(addr) => {
                 if let Some(peer) = peer_of(&addr) {
                     self.blocked.remove(&peer);
+                    // Dialled peers are redialled like static ones.
+                    if !self.config.peers.contains(&addr) {
+                        self.config.peers.push(addr.clone());
+                    }
                     self.swarm.add_peer_address(peer, addr.clone());
                 }
                 if let Err(e) = self.swarm.dial(addr) {
@@ -808,6 +812,14 @@ impl Mesh {
             E::TooManyRounds(_) | E::TooManyBytes(_) | E::TimedOut(_) | E::Stalled(_) => {
                 tracing::debug!(%peer, error = %e, "sync session ended at a cap");
             }
+            // An honest peer can send a header before the allowance it
+            // needs (automerge may leave the allowance's change out of a
+            // message, as a Bloom-filter false positive); nothing entered,
+            // the session ends, and the next one starts afresh. Other bad
+            // data still drops the peer.
+            E::Ledger(meshpay_proto::ledger::LedgerError::UnknownAllowance(_)) => {
+                tracing::debug!(%peer, error = %e, "sync session ended; the next one retries");
+            }
             _ => {
                 tracing::warn!(%peer, error = %e, "sync refused; dropping the peer");
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -1220,7 +1232,9 @@ impl Mesh {
     /// comes back on the next tick).
     fn redial(&mut self) {
         for addr in self.config.peers.clone() {
-            if peer_of(&addr).is_some_and(|p| self.swarm.is_connected(&p)) {
+            if peer_of(&addr)
+                .is_some_and(|p| self.swarm.is_connected(&p) || self.blocked.contains(&p))
+            {
                 continue;
             }
             if let Err(e) = self.swarm.dial(addr.clone()) {
