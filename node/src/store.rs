@@ -525,16 +525,19 @@ impl Store {
         })
     }
 
+    /// The ledger table of the latest committed state.
+    fn ledger_table(&self) -> Result<redb::ReadOnlyTable<u64, &'static [u8]>, StoreError> {
+        self.db
+            .begin_read()
+            .map_err(|e| self.io("read")(e.to_string()))?
+            .open_table(LEDGER)
+            .map_err(|e| self.io("open table")(e.to_string()))
+    }
+
     /// How many pieces the stored ledger is in (a full save, then
     /// increments).
     pub fn ledger_chunks(&self) -> Result<usize, StoreError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| self.io("read")(e.to_string()))?;
-        let t = tx
-            .open_table(LEDGER)
-            .map_err(|e| self.io("open table")(e.to_string()))?;
+        let t = self.ledger_table()?;
         let n =
             redb::ReadableTableMetadata::len(&t).map_err(|e| self.io("count")(e.to_string()))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -556,6 +559,7 @@ impl Store {
     /// The stored ledger (full save then increments, concatenated) and its
     /// epoch, if any.
     pub fn ledger(&self) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        // One read transaction for the ledger and its epoch.
         let tx = self
             .db
             .begin_read()

@@ -442,7 +442,7 @@ impl Mesh {
             ledger_digest: ledger.digest().to_string(),
             proofs: ledger.proofs().len(),
             syncs_completed: self.syncs_completed,
-            outbox: self.outbox().map_or(0, |o| o.len()),
+            outbox: self.outbox_len().unwrap_or(0),
             carried: self.node.store().carried().map_or(0, |c| c.len()),
             uplinks: self.uplinks,
         }
@@ -976,6 +976,26 @@ impl Mesh {
             }
         }
         Ok(out)
+    }
+
+    /// How many items [`Self::outbox`] would hand on, without sealing
+    /// anything (status is polled often).
+    fn outbox_len(&self) -> Result<usize, NodeError> {
+        let ledger = self.node.ledger();
+        let own: HashSet<TransferId> = self
+            .node
+            .receipts()?
+            .iter()
+            .map(|(r, _)| r.transfer.id())
+            .collect();
+        let carried = self
+            .node
+            .store()
+            .carried()?
+            .into_iter()
+            .filter(|(id, _)| !ledger.is_settled(id) && !own.contains(id))
+            .count();
+        Ok(own.iter().filter(|id| !ledger.is_settled(id)).count() + carried)
     }
 
     /// Drops carried receipts that settlement acknowledged, and those whose
