@@ -686,6 +686,17 @@ enum Op {
     Sync { a: usize, b: usize },
 }
 
+/// The entries of `l` other than proofs, as a set: the values under one
+/// forked header key come in an order that depends on automerge's history,
+/// not only on which values are held.
+fn fact_set(l: &Ledger) -> std::collections::BTreeSet<(String, Vec<u8>)> {
+    l.entries()
+        .into_iter()
+        .filter(|e| !matches!(e, Entry::Proof(_)))
+        .map(|e| (e.key(), e.encode_value()))
+        .collect()
+}
+
 fn arb_ops(nodes: usize) -> impl Strategy<Value = Vec<Op>> {
     let op = prop_oneof![
         4 => (0..nodes, 0u32..3).prop_map(|(node, wallet)| Op::Pay { node, wallet }),
@@ -756,7 +767,7 @@ proptest! {
         // Proofs are derived: which pair of headers a node turned into a
         // proof depends on the order it learnt them. Every other entry, and
         // which allowances stand convicted, is the same everywhere.
-        let facts = |l: &Ledger| l.entries().into_iter().filter(|e| !matches!(e, Entry::Proof(_))).collect::<Vec<_>>();
+        let facts = |l: &Ledger| fact_set(l);
         let convicted = |l: &Ledger| l.proofs().iter().map(ConflictProof::allowance).collect::<std::collections::BTreeSet<_>>();
         for l in &ledgers {
             prop_assert_eq!(facts(l), facts(&ledgers[0]));
@@ -792,7 +803,7 @@ proptest! {
         sync(&mut bc, &mut a2);
         // Equal as sets of facts (proofs are derived, see above) and in
         // which allowances stand convicted.
-        let facts = |l: &Ledger| l.entries().into_iter().filter(|e| !matches!(e, Entry::Proof(_))).collect::<Vec<_>>();
+        let facts = |l: &Ledger| fact_set(l);
         let convicted = |l: &Ledger| l.proofs().iter().map(ConflictProof::allowance).collect::<std::collections::BTreeSet<_>>();
         prop_assert_eq!(facts(&ab), facts(&bc));
         prop_assert_eq!(convicted(&ab), convicted(&bc));
@@ -1003,4 +1014,179 @@ fn rotation_drops_headers_whose_allowance_it_drops() {
     l.rotate_epoch(NOW.plus(30 * 86_400), &RetentionPolicy::default());
     assert!(l.is_empty(), "{:?}", l.entries());
     Ledger::load(&l.save(), l.epoch(), &[1; 16], trust()).expect("reloads");
+}
+
+/// `message` (a reconciliation message) with its changes replaced by
+/// `changes`, as a peer whose Bloom filter gave a false positive sends it.
+fn with_changes(message: &[u8], changes: &[&automerge::Change]) -> Vec<u8> {
+    let mut m = automerge::sync::Message::decode(message).expect("decodes");
+    m.changes = changes
+        .iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect::<Vec<_>>()
+        .into();
+    m.encode()
+}
+
+/// The changes of `l`'s document, oldest first.
+fn changes_of(l: &Ledger) -> Vec<automerge::Change> {
+    l.replica().doc().get_changes(&[])
+}
+
+#[test]
+fn a_header_sent_before_its_allowance_waits_for_it_within_the_session() {
+    let (k, a) = wallet(1);
+    let mut sender = with_wallets(1, &[1]);
+    let h = header(&k, &a, 1, 100, 1);
+    sender.insert(Entry::Header(h.clone())).expect("header");
+    let changes = changes_of(&sender);
+    assert_eq!(
+        changes.len(),
+        2,
+        "one change for the allowance, one for the header"
+    );
+
+    let mut receiver = ledger(2);
+    let (mut s_state, mut r_state) = (PeerState::new(), PeerState::new());
+    let opening = receiver.sync_message(&mut r_state).expect("opening");
+    sender
+        .receive(&mut s_state, &opening)
+        .expect("opening accepted");
+    let full = sender.sync_message(&mut s_state).expect("changes");
+    // The allowance's change is left out, as after a Bloom false positive.
+    let only_header = with_changes(&full, &[&changes[1]]);
+    let proofs = receiver
+        .receive(&mut r_state, &only_header)
+        .expect("a header whose allowance is missing is held, not refused");
+    assert!(proofs.is_empty());
+    assert_eq!(receiver.len(), 0, "nothing is visible before its allowance");
+    assert_eq!(receiver.waiting_units(), 1);
+
+    // The receiver asks for the missing change; the sender sends it.
+    let ask = receiver.sync_message(&mut r_state).expect("asks");
+    let asked = automerge::sync::Message::decode(&ask).expect("decodes");
+    assert_eq!(asked.need, vec![changes[0].hash()]);
+    sender.receive(&mut s_state, &ask).expect("ask accepted");
+    let answer = sender.sync_message(&mut s_state).expect("answer");
+    receiver
+        .receive(&mut r_state, &answer)
+        .expect("allowance arrives");
+    assert_eq!(receiver.waiting_units(), 0);
+    assert_eq!(receiver.all_headers(), vec![h]);
+    assert_eq!(receiver.digest(), sender.digest());
+}
+
+#[test]
+fn a_forged_change_waiting_on_an_honest_one_is_dropped_when_that_one_arrives() {
+    use automerge::ReadDoc;
+    use automerge::transaction::Transactable;
+    let (_, a) = wallet(1);
+    let (stranger, _) = wallet(3);
+    let mut honest = with_wallets(1, &[1]);
+    let allowance_change = changes_of(&honest).remove(0);
+
+    // An attacker builds on the honest change a header of that allowance
+    // that its wallet never signed, and sends it alone.
+    let mut evil = honest
+        .replica()
+        .doc()
+        .fork()
+        .with_actor(automerge::ActorId::from(&[9u8; 16][..]));
+    let forged = header(&stranger, &a, 1, 100, 1);
+    let mut tx = evil.transaction();
+    tx.put(
+        automerge::ROOT,
+        meshpay_proto::ledger::header_key(&a.id, 1),
+        automerge::ScalarValue::Bytes(Entry::Header(forged).encode_value()),
+    )
+    .expect("put");
+    tx.commit();
+    let forged_change = evil.get_last_local_change().expect("change").clone();
+    assert_eq!(forged_change.deps(), &[allowance_change.hash()]);
+
+    let mut victim = ledger(2);
+    let mut state = PeerState::new();
+    let opening = victim.sync_message(&mut state).expect("opening");
+    let carrier = with_changes(&opening, &[&forged_change]);
+    victim
+        .receive(&mut state, &carrier)
+        .expect("held: it cannot be checked yet");
+    assert_eq!(victim.waiting_units(), 1);
+    // Saving leaves the unchecked change out: a reload cannot apply it.
+    let reloaded = Ledger::load(&victim.save(), 0, &[2; 16], trust()).expect("reload");
+    assert_eq!(reloaded.replica().doc().get_changes(&[]).len(), 0);
+
+    // The honest change arrives: the forged one would become ready, fails
+    // its check, and is dropped; the honest one is taken.
+    sync(&mut honest, &mut victim);
+    assert_eq!(victim.waiting_units(), 0);
+    assert!(victim.all_headers().is_empty());
+    assert_eq!(victim.digest(), honest.digest());
+    assert!(
+        victim
+            .replica()
+            .doc()
+            .get_change_by_hash(&forged_change.hash())
+            .is_none()
+    );
+}
+
+/// Runs a session to its end with the given peer states and returns them.
+fn session_with_states(
+    x: &mut Ledger,
+    y: &mut Ledger,
+    states: (PeerState, PeerState),
+) -> (PeerState, PeerState) {
+    let config = SyncConfig::default();
+    let mut sx = SyncSession::new(x, states.0, config, Millis(0));
+    let mut sy = SyncSession::new(y, states.1, config, Millis(0));
+    for _ in 0..1_000 {
+        if sx.is_finished() && sy.is_finished() {
+            return (sx.into_peer_state(), sy.into_peer_state());
+        }
+        if let Some(f) = sx.poll_transmit() {
+            sy.handle_frame(y, &f, Millis(0)).expect("honest");
+        }
+        if let Some(f) = sy.poll_transmit() {
+            sx.handle_frame(x, &f, Millis(0)).expect("honest");
+        }
+    }
+    panic!("session did not finish: {sx:?} {sy:?}");
+}
+
+#[test]
+fn a_peer_state_kept_in_memory_does_not_keep_a_change_from_being_sent_again() {
+    let (k, a) = wallet(1);
+    let mut x = with_wallets(1, &[1]);
+    // History enough that one new change is a small part of it (automerge
+    // sends the whole document instead when a third of it is missing).
+    for seq in 1..=12 {
+        x.insert(Entry::Header(header(&k, &a, seq, u64::from(seq) * 100, 1)))
+            .expect("header");
+    }
+    let mut y = copy(&mut x, 2);
+    let (px, py) = session_with_states(&mut x, &mut y, (PeerState::new(), PeerState::new()));
+
+    // x learns a payment and sends it to y, but y dies before it answers or
+    // stores its ledger: it comes back as it was.
+    x.insert(Entry::Header(header(&k, &a, 13, 1_300, 1)))
+        .expect("header");
+    let mut lost = copy(&mut y, 3);
+    let config = SyncConfig::default();
+    let mut sx = SyncSession::new(&x, px, config, Millis(0));
+    let mut sy = SyncSession::new(&lost, py.clone(), config, Millis(0));
+    while lost.all_headers().len() < 13 {
+        let f = sx.poll_transmit().expect("x has more to send");
+        sy.handle_frame(&mut lost, &f, Millis(0)).expect("honest");
+        if let Some(f) = sy.poll_transmit() {
+            sx.handle_frame(&mut x, &f, Millis(0)).expect("honest");
+        }
+    }
+    let px = sx.into_peer_state();
+
+    // Next meeting: x still holds in memory the state that says it sent the
+    // change. It is sent again all the same.
+    session_with_states(&mut x, &mut y, (px, py));
+    assert_eq!(y.digest(), x.digest());
+    assert_eq!(y.all_headers().len(), 13);
 }

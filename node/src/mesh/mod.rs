@@ -812,11 +812,11 @@ impl Mesh {
             E::TooManyRounds(_) | E::TooManyBytes(_) | E::TimedOut(_) | E::Stalled(_) => {
                 tracing::debug!(%peer, error = %e, "sync session ended at a cap");
             }
-            // An honest peer can send a header before the allowance it
-            // needs (automerge may leave the allowance's change out of a
-            // message, as a Bloom-filter false positive); nothing entered,
-            // the session ends, and the next one starts afresh. Other bad
-            // data still drops the peer.
+            // A header whose allowance nobody sent, in a change that does
+            // not wait for anything (one that waits is held, see
+            // PartialLedger::receive). Older peers could send this honestly
+            // (before the ledger held such headers back), so it ends the
+            // session without dropping the peer. Other bad data still does.
             E::Ledger(meshpay_proto::ledger::LedgerError::UnknownAllowance(_)) => {
                 tracing::debug!(%peer, error = %e, "sync session ended; the next one retries");
             }

@@ -20,12 +20,12 @@
 mod entry;
 mod replica;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub use entry::{
     Entry, EntryError, EntryKind, allowance_key, header_key, headers_prefix, proofs_prefix,
 };
-pub use replica::{AutomergeReplica, Inspected, KeyValue, Replica, ReplicaError};
+pub use replica::{AutomergeReplica, Inspected, KeyValue, Replica, ReplicaError, Unit, UnitId};
 
 use crate::allowance::{Allowance, AllowanceId, TrustStore};
 use crate::conflict::{ConflictProof, ConflictProofError, detect, over_limit};
@@ -40,6 +40,13 @@ use crate::validate::{MeshView, PaymentError, VerifiedAllowance};
 /// with an empty change; bounds the heads listed in every sync message to
 /// `MAX_HEADS * 32` bytes.
 pub const MAX_HEADS: usize = 8;
+
+/// Most units (automerge changes) a ledger holds back for missing
+/// dependencies. Honest peers leave a dependency out only when a Bloom
+/// filter false positive made them think it was held (about 1 % of
+/// changes), and the next round asks for it; a message that would hold back
+/// more is refused.
+pub const MAX_WAITING_UNITS: usize = 16_384;
 
 /// Why an entry was refused. The ledger is unchanged after any of them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +83,10 @@ pub enum LedgerError {
     /// The replica refused or failed.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// The message would leave more than [`MAX_WAITING_UNITS`] units
+    /// waiting for dependencies that have not arrived.
+    #[error("more than {MAX_WAITING_UNITS} changes waiting for missing dependencies")]
+    TooManyWaiting,
 }
 
 /// How header signatures in a batch are checked.
@@ -148,6 +159,32 @@ pub struct PartialLedger<R: Replica = AutomergeReplica> {
     /// Entries accepted from a peer whose automerge changes wait for
     /// missing dependencies: indexed once they become visible.
     pending: Vec<(String, Vec<u8>)>,
+    /// Units the replica holds back for missing dependencies, with the
+    /// entries that could not be checked yet (a header whose allowance has
+    /// not arrived): checked when the unit becomes ready, before it is
+    /// applied.
+    waiting: HashMap<UnitId, Waiting>,
+}
+
+/// An entry that passed the checks: its key, its value, and it decoded.
+type Checked = (String, Vec<u8>, Entry);
+
+/// A unit held back by the replica.
+#[derive(Debug, Clone)]
+struct Waiting {
+    deps: Vec<UnitId>,
+    unchecked: Vec<KeyValue>,
+}
+
+/// What applying a peer's units will do, decided before anything is
+/// applied.
+struct Plan {
+    /// Entries checked, in units applied now or held back.
+    checked: Vec<Checked>,
+    /// Units applied now.
+    ready: HashSet<UnitId>,
+    /// Units of the message held back, with the entries still unchecked.
+    held: Vec<(UnitId, Waiting)>,
 }
 
 impl<R: Replica> core::fmt::Debug for PartialLedger<R> {
@@ -179,6 +216,7 @@ impl<R: Replica> PartialLedger<R> {
             digest: curve25519_dalek::RistrettoPoint::default(),
             entries: 0,
             pending: Vec::new(),
+            waiting: HashMap::new(),
         }
     }
 
@@ -216,7 +254,7 @@ impl<R: Replica> PartialLedger<R> {
         }
         // The node's own saved ledger: every entry was checked strictly when
         // it entered; batch verification is enough to catch damage.
-        let checked = ledger.check_batch(&all, Verify::Batch)?;
+        let (checked, _) = ledger.check_batch(&all, Verify::Batch, all.len())?;
         ledger.replica = replica;
         for (key, value, entry) in checked {
             ledger.index(&key, &value, entry);
@@ -276,7 +314,7 @@ impl<R: Replica> PartialLedger<R> {
         if held.contains(&value) {
             return Ok(Inserted::Known);
         }
-        self.check_batch(&[(key.clone(), value.clone())], Verify::Strict)?;
+        self.check_batch(&[(key.clone(), value.clone())], Verify::Strict, 1)?;
         if let Entry::Header(h) = &entry {
             if let Some(proof) = self.conflict_with_held(h) {
                 // The conflicting header stays out (one honest value per
@@ -306,7 +344,7 @@ impl<R: Replica> PartialLedger<R> {
             .map(|e| (e.key(), e.encode_value()))
             .filter(|(k, v)| !self.replica.values(k).contains(v))
             .collect();
-        self.check_batch(&batch, Verify::Strict)?;
+        self.check_batch(&batch, Verify::Strict, batch.len())?;
         let mut sorted = entries;
         sorted.sort_by_key(Entry::kind);
         sorted
@@ -409,20 +447,25 @@ impl<R: Replica> PartialLedger<R> {
 
     /// Checks a batch of `(key, value)` pairs against the ledger and each
     /// other; returns them decoded, or the first error. Changes nothing.
+    ///
+    /// Headers and proofs from index `deferrable_from` on whose allowance is
+    /// neither held nor in the batch are not an error: they are returned
+    /// apart, unchecked, to be checked once their allowance arrives.
     fn check_batch(
         &self,
         batch: &[KeyValue],
         verify: Verify,
-    ) -> Result<Vec<(String, Vec<u8>, Entry)>, LedgerError> {
+        deferrable_from: usize,
+    ) -> Result<(Vec<Checked>, Vec<KeyValue>), LedgerError> {
         let mut decoded = Vec::with_capacity(batch.len());
-        for (k, v) in batch {
-            decoded.push((k.clone(), v.clone(), Entry::decode(k, v)?));
+        for (i, (k, v)) in batch.iter().enumerate() {
+            decoded.push((k.clone(), v.clone(), Entry::decode(k, v)?, i));
         }
-        decoded.sort_by_key(|(_, _, e)| e.kind());
+        decoded.sort_by_key(|(_, _, e, _)| e.kind());
         // One value per key, except for headers (a fork is two values under
         // one header key, and is evidence).
         let mut single: BTreeMap<&str, &[u8]> = BTreeMap::new();
-        for (k, v, e) in &decoded {
+        for (k, v, e, _) in &decoded {
             if e.kind() == EntryKind::Header {
                 continue;
             }
@@ -437,7 +480,21 @@ impl<R: Replica> PartialLedger<R> {
         // Allowances first: the headers and proofs of the batch may need them.
         let mut fresh: BTreeMap<AllowanceId, Allowance> = BTreeMap::new();
         let mut headers: Vec<BatchItem> = Vec::new();
-        for (_, _, entry) in &decoded {
+        let mut deferred = vec![false; decoded.len()];
+        for (n, (_, _, entry, i)) in decoded.iter().enumerate() {
+            let allowance = match entry {
+                Entry::Proof(p) => Some(p.allowance()),
+                Entry::Header(h) => Some(h.allowance),
+                _ => None,
+            };
+            if *i >= deferrable_from
+                && let Some(id) = allowance
+                && !self.allowances.contains_key(&id)
+                && !fresh.contains_key(&id)
+            {
+                deferred[n] = true;
+                continue;
+            }
             match entry {
                 Entry::Allowance(a) => {
                     // A held allowance with this id is the same value (the
@@ -485,7 +542,7 @@ impl<R: Replica> PartialLedger<R> {
         }
         // Batch mode: one batch verification; on failure find the culprit.
         if !headers.is_empty() && !verify_batch(&headers) {
-            for (_, _, entry) in &decoded {
+            for (_, _, entry, _) in &decoded {
                 if let Entry::Header(h) = entry {
                     let a = self.allowance_for(&h.allowance, &fresh)?;
                     if !h.verify_by(&a.wallet) {
@@ -497,7 +554,16 @@ impl<R: Replica> PartialLedger<R> {
                 }
             }
         }
-        Ok(decoded)
+        let mut checked = Vec::with_capacity(decoded.len());
+        let mut unchecked = Vec::new();
+        for ((k, v, e, _), later) in decoded.into_iter().zip(deferred) {
+            if later {
+                unchecked.push((k, v));
+            } else {
+                checked.push((k, v, e));
+            }
+        }
+        Ok((checked, unchecked))
     }
 
     fn allowance_for(
@@ -546,24 +612,178 @@ impl<R: Replica> PartialLedger<R> {
     /// Checks a peer's reconciliation message and, if every new entry in it
     /// passes, applies it. On any error nothing from this message enters
     /// the ledger. Returns the conflict proofs the merge produced.
+    ///
+    /// A unit of the message (an automerge change) that depends on one not
+    /// held yet is held back by the replica until that one arrives; a
+    /// header in it whose allowance is still unknown is checked then,
+    /// before the unit is applied, instead of failing the message (honest
+    /// peers send such messages, see [`MAX_WAITING_UNITS`]).
     pub fn receive(
         &mut self,
         peer: &mut R::PeerState,
         message: &[u8],
     ) -> Result<Vec<ConflictProof>, LedgerError> {
         let inspected = self.replica.inspect(message)?;
-        let checked = self.check_batch(&inspected.new_entries, Verify::Strict)?;
+        let plan = self.plan_or_purge(&inspected.units, true)?;
         self.replica.apply(peer, inspected)?;
-        self.absorb(checked)
+        self.carry_out(plan)
     }
 
     /// Merges another node's saved ledger (an export carried by hand, or a
     /// benchmark's setup), with the same checks as a peer's message.
     pub fn import(&mut self, saved: &[u8]) -> Result<Vec<ConflictProof>, LedgerError> {
-        let (other, new_entries) = self.replica.inspect_saved(saved)?;
-        let checked = self.check_batch(&new_entries, Verify::Strict)?;
+        let (other, units) = self.replica.inspect_saved(saved)?;
+        let plan = self.plan_or_purge(&units, false)?;
         self.replica.merge_from(other)?;
-        self.absorb(checked)
+        self.carry_out(plan)
+    }
+
+    /// Units held back for missing dependencies (for tests and status).
+    pub fn waiting_units(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// [`Self::plan`]; if it fails while units held back from earlier
+    /// messages would become ready, those may be the culprits (a peer can
+    /// send a forged change that waits on an honest one): they are
+    /// dropped, and the message is planned again on its own.
+    fn plan_or_purge(&mut self, units: &[Unit], defer: bool) -> Result<Plan, LedgerError> {
+        match self.plan(units, defer) {
+            Ok(plan) => Ok(plan),
+            Err(e) if self.waiting.values().any(|w| !w.unchecked.is_empty()) => {
+                self.replica.drop_waiting_units();
+                self.waiting.clear();
+                // Their checked entries will come again with their changes.
+                self.pending.clear();
+                self.plan(units, defer).map_err(|_| e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Decides which units the replica will apply now and which it holds
+    /// back, and checks every entry that will be applied now: those of the
+    /// message's ready units, and those of held-back units that the message
+    /// makes ready. With `defer`, entries of units held back whose
+    /// allowance is unknown are left unchecked until their unit is ready.
+    fn plan(&self, units: &[Unit], defer: bool) -> Result<Plan, LedgerError> {
+        let ready = self.ready_units(units);
+        let mut batch: Vec<KeyValue> = Vec::new();
+        let in_message: HashSet<UnitId> = units.iter().map(|u| u.id).collect();
+        for (id, w) in &self.waiting {
+            if ready.contains(id) && !in_message.contains(id) {
+                batch.extend(w.unchecked.iter().cloned());
+            }
+        }
+        for u in units.iter().filter(|u| ready.contains(&u.id)) {
+            batch.extend(u.entries.iter().cloned());
+        }
+        let deferrable_from = if defer { batch.len() } else { usize::MAX };
+        let held_units: Vec<&Unit> = units.iter().filter(|u| !ready.contains(&u.id)).collect();
+        for u in &held_units {
+            batch.extend(u.entries.iter().cloned());
+        }
+        let still_waiting = self
+            .waiting
+            .keys()
+            .filter(|id| !ready.contains(*id))
+            .count();
+        let new_waiting = held_units
+            .iter()
+            .filter(|u| !self.waiting.contains_key(&u.id))
+            .count();
+        if still_waiting + new_waiting > MAX_WAITING_UNITS {
+            return Err(LedgerError::TooManyWaiting);
+        }
+        let (checked, unchecked) = self.check_batch(&batch, Verify::Strict, deferrable_from)?;
+        let unchecked: HashSet<KeyValue> = unchecked.into_iter().collect();
+        let held = held_units
+            .into_iter()
+            .map(|u| {
+                let waiting = Waiting {
+                    deps: u.deps.clone(),
+                    unchecked: u
+                        .entries
+                        .iter()
+                        .filter(|kv| unchecked.contains(*kv))
+                        .cloned()
+                        .collect(),
+                };
+                (u.id, waiting)
+            })
+            .collect();
+        Ok(Plan {
+            checked,
+            ready,
+            held,
+        })
+    }
+
+    /// The units, of `units` and of those held back, that the replica will
+    /// apply once it has `units`: those whose every dependency is held or
+    /// applied with them (Kahn's algorithm over the candidates).
+    fn ready_units(&self, units: &[Unit]) -> HashSet<UnitId> {
+        let mut deps_of: HashMap<UnitId, &[UnitId]> = HashMap::new();
+        for u in units {
+            deps_of.insert(u.id, &u.deps);
+        }
+        for (id, w) in &self.waiting {
+            deps_of.entry(*id).or_insert(&w.deps);
+        }
+        let mut missing: HashMap<UnitId, usize> = HashMap::new();
+        let mut dependents: HashMap<UnitId, Vec<UnitId>> = HashMap::new();
+        let mut ready_now = Vec::new();
+        for (id, deps) in &deps_of {
+            let mut n = 0;
+            for d in deps.iter() {
+                if self.replica.holds_unit(d) {
+                    continue;
+                }
+                // A dependency that is neither held nor a candidate keeps
+                // the unit waiting: it is counted and never released.
+                n += 1;
+                if deps_of.contains_key(d) {
+                    dependents.entry(*d).or_default().push(*id);
+                }
+            }
+            if n == 0 {
+                ready_now.push(*id);
+            }
+            missing.insert(*id, n);
+        }
+        let mut ready = HashSet::new();
+        while let Some(id) = ready_now.pop() {
+            if !ready.insert(id) {
+                continue;
+            }
+            for next in dependents.get(&id).into_iter().flatten() {
+                if let Some(n) = missing.get_mut(next) {
+                    *n -= 1;
+                    if *n == 0 {
+                        ready_now.push(*next);
+                    }
+                }
+            }
+        }
+        ready
+    }
+
+    /// After the replica applied what a [`Plan`] was made for: records the
+    /// units now held back, and indexes what became visible.
+    fn carry_out(&mut self, plan: Plan) -> Result<Vec<ConflictProof>, LedgerError> {
+        self.waiting.retain(|id, _| !plan.ready.contains(id));
+        for (id, w) in plan.held {
+            let entry = self.waiting.entry(id).or_insert(Waiting {
+                deps: w.deps,
+                unchecked: Vec::new(),
+            });
+            for kv in w.unchecked {
+                if !entry.unchecked.contains(&kv) {
+                    entry.unchecked.push(kv);
+                }
+            }
+        }
+        self.absorb(plan.checked)
     }
 
     /// Indexes checked entries that are now in the replica, and turns the

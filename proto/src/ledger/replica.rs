@@ -16,6 +16,23 @@ use automerge::{ActorId, Automerge, ROOT, ReadDoc, ScalarValue, Value};
 /// One `(key, value)` pair of the map.
 pub type KeyValue = (String, Vec<u8>);
 
+/// Names a unit a replica applies whole (for automerge, a change hash).
+pub type UnitId = [u8; 32];
+
+/// One unit of a peer's message (for automerge, one change): the entries it
+/// would add, and the units it needs before it can be applied. A replica
+/// applies a unit once every unit it depends on is held, and holds it back
+/// until then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// The unit's id.
+    pub id: UnitId,
+    /// The units it depends on.
+    pub deps: Vec<UnitId>,
+    /// The `(key, value)` pairs it adds that the replica does not hold.
+    pub entries: Vec<KeyValue>,
+}
+
 /// A grow-only multi-map from string keys to byte values that two peers
 /// can reconcile.
 pub trait Replica: Sized {
@@ -51,9 +68,15 @@ pub trait Replica: Sized {
     /// to it has been processed: forget any wait for an answer and produce
     /// the next message, if any.
     fn sync_message_after_peer_done(&mut self, peer: &mut Self::PeerState) -> Option<Vec<u8>>;
-    /// Parses a peer's message and lists the `(key, value)` pairs it would
-    /// add that this replica does not hold yet, without applying anything.
+    /// Parses a peer's message and lists, unit by unit, the `(key, value)`
+    /// pairs it would add that this replica does not hold yet, without
+    /// applying anything. Units already held are left out.
     fn inspect(&self, message: &[u8]) -> Result<Inspected<Self>, ReplicaError>;
+    /// Whether the replica has applied the unit `id`.
+    fn holds_unit(&self, id: &UnitId) -> bool;
+    /// Forgets every unit held back for missing dependencies (they will be
+    /// asked for again in a later reconciliation).
+    fn drop_waiting_units(&mut self);
     /// Applies a message that [`Replica::inspect`] accepted.
     fn apply(
         &mut self,
@@ -61,14 +84,15 @@ pub trait Replica: Sized {
         inspected: Inspected<Self>,
     ) -> Result<(), ReplicaError>;
 
-    /// Loads another replica's saved bytes for merging, listing every
-    /// `(key, value)` it holds that this replica does not; nothing is merged
-    /// yet (see [`Replica::merge_from`]).
-    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<KeyValue>), ReplicaError>;
+    /// Loads another replica's saved bytes for merging, listing unit by unit
+    /// every `(key, value)` it holds that this replica does not; nothing is
+    /// merged yet (see [`Replica::merge_from`]).
+    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<Unit>), ReplicaError>;
     /// Merges a replica returned by [`Replica::inspect_saved`].
     fn merge_from(&mut self, other: Self) -> Result<(), ReplicaError>;
 
-    /// The whole replica as bytes.
+    /// The whole replica as bytes (without units held back for missing
+    /// dependencies: they were not all checked).
     fn save(&mut self) -> Vec<u8>;
     /// What changed since the last `save` or `save_incremental`.
     fn save_incremental(&mut self) -> Vec<u8>;
@@ -86,8 +110,9 @@ pub trait Replica: Sized {
 
 /// A peer message that has been parsed and listed but not applied.
 pub struct Inspected<R: Replica> {
-    /// New `(key, value)` pairs the message would add.
-    pub new_entries: Vec<(String, Vec<u8>)>,
+    /// The units of the message this replica does not hold, with the new
+    /// `(key, value)` pairs each would add.
+    pub units: Vec<Unit>,
     /// Wire size of the message.
     pub size: usize,
     pub(crate) message: R::Message,
@@ -96,7 +121,7 @@ pub struct Inspected<R: Replica> {
 impl<R: Replica> core::fmt::Debug for Inspected<R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Inspected")
-            .field("new_entries", &self.new_entries.len())
+            .field("units", &self.units.len())
             .field("size", &self.size)
             .finish()
     }
@@ -137,6 +162,14 @@ impl core::fmt::Debug for AutomergeReplica {
             .finish()
     }
 }
+
+/// Saves leave out changes held back for missing dependencies: the ledger
+/// may not have checked them yet, and they would come back on load without
+/// the ledger's record of what still needs checking.
+const NO_ORPHANS: automerge::SaveOptions = automerge::SaveOptions {
+    deflate: true,
+    retain_orphans: false,
+};
 
 /// Byte 0..4 of every automerge storage chunk.
 const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
@@ -216,6 +249,22 @@ impl AutomergeReplica {
         ops.into_iter()
             .filter(|(k, v)| !self.values(k).contains(v) && seen.insert((k.clone(), v.clone())))
             .collect()
+    }
+
+    /// `change` as a unit, unless this replica holds it already. Each unit
+    /// lists every new pair it writes, even one another unit of the same
+    /// message writes too: the two may be applied at different times.
+    fn unit(&self, change: &automerge::Change) -> Result<Option<Unit>, ReplicaError> {
+        if self.doc.get_change_by_hash(&change.hash()).is_some() {
+            return Ok(None);
+        }
+        let mut ops = Vec::new();
+        ledger_ops(change, &mut ops)?;
+        Ok(Some(Unit {
+            id: change.hash().0,
+            deps: change.deps().iter().map(|d| d.0).collect(),
+            entries: self.not_held(ops),
+        }))
     }
 
     /// The automerge document (for measurements).
@@ -323,44 +372,58 @@ impl Replica for AutomergeReplica {
     fn inspect(&self, message: &[u8]) -> Result<Inspected<Self>, ReplicaError> {
         let parsed =
             sync::Message::decode(message).map_err(|e| ReplicaError::Malformed(e.to_string()))?;
-        let mut ops = Vec::new();
+        let mut units = Vec::new();
         for chunk in parsed.changes.iter() {
             for (kind, bytes) in split_chunks(chunk)? {
                 if kind == CHUNK_DOCUMENT {
                     let doc = Automerge::load(bytes)
                         .map_err(|e| ReplicaError::Malformed(e.to_string()))?;
                     for change in doc.get_changes(&[]) {
-                        ledger_ops(&change, &mut ops)?;
+                        units.extend(self.unit(&change)?);
                     }
                 } else {
                     let change = automerge::Change::from_bytes(bytes.to_vec())
                         .map_err(|e| ReplicaError::Malformed(e.to_string()))?;
-                    ledger_ops(&change, &mut ops)?;
+                    units.extend(self.unit(&change)?);
                 }
             }
         }
-        let new_entries = self.not_held(ops);
         Ok(Inspected {
-            new_entries,
+            units,
             size: message.len(),
             message: parsed,
         })
     }
 
-    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<KeyValue>), ReplicaError> {
+    fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<Unit>), ReplicaError> {
         let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
-        let mut ops = Vec::new();
+        let mut units = Vec::new();
         for change in doc.get_changes(&[]) {
-            ledger_ops(&change, &mut ops)?;
+            units.extend(self.unit(&change)?);
         }
-        let new_entries = self.not_held(ops);
         Ok((
             AutomergeReplica {
                 doc,
                 saved_heads: Vec::new(),
             },
-            new_entries,
+            units,
         ))
+    }
+
+    fn holds_unit(&self, id: &UnitId) -> bool {
+        self.doc
+            .get_change_by_hash(&automerge::ChangeHash(*id))
+            .is_some()
+    }
+
+    fn drop_waiting_units(&mut self) {
+        let bytes = self.doc.save_with_options(NO_ORPHANS);
+        let actor = self.doc.get_actor().clone();
+        // Our own save always loads; should it not, keeping the document
+        // as it is (queue included) is the safe failure.
+        if let Ok(doc) = Automerge::load(&bytes) {
+            self.doc = doc.with_actor(actor);
+        }
     }
 
     fn merge_from(&mut self, mut other: Self) -> Result<(), ReplicaError> {
@@ -382,7 +445,7 @@ impl Replica for AutomergeReplica {
 
     fn save(&mut self) -> Vec<u8> {
         self.saved_heads = self.doc.get_heads();
-        self.doc.save()
+        self.doc.save_with_options(NO_ORPHANS)
     }
 
     fn save_incremental(&mut self) -> Vec<u8> {
