@@ -43,6 +43,9 @@ pub mod domain {
     /// Hash of the ledger's multiset hash and entry count: the digest peers
     /// compare to skip a sync.
     pub const LEDGER_DIGEST: &[u8] = b"meshpay/v1/ledger-digest";
+    /// Hash of the allowances a ledger holds proofs against and its newest
+    /// revocation list: peers compare it to skip the `Urgent` message.
+    pub const URGENT_DIGEST: &[u8] = b"meshpay/v1/urgent-digest";
     /// Wallet signature over a request to the settlement service (load an
     /// allowance, report a device lost).
     pub const WALLET_REQUEST: &[u8] = b"meshpay/v1/wallet-request";

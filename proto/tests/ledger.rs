@@ -412,6 +412,7 @@ fn endless_rounds_hit_the_cap() {
             epoch: 0,
             digest: Hash([0; 32]),
             entries: 0,
+            urgent: Hash([0; 32]),
         },
         512,
     );
@@ -500,6 +501,7 @@ fn reconcile_frames(message: Vec<u8>) -> Vec<Vec<u8>> {
             epoch: 0,
             digest: Hash([1; 32]),
             entries: 1,
+            urgent: Hash([1; 32]),
         },
         244,
     );
@@ -645,6 +647,26 @@ fn a_forged_urgent_proof_is_refused() {
     assert_eq!(l.entries(), before);
 }
 
+/// The messages a session sends until `stop` says so, decoded.
+fn messages_until(
+    s: &mut SyncSession,
+    mut stop: impl FnMut(&SyncMessage) -> bool,
+) -> Vec<SyncMessage> {
+    let mut r = meshpay_proto::sync::frame::Reassembler::new(65_536, 1 << 20);
+    let mut out = Vec::new();
+    while let Some(f) = s.poll_transmit() {
+        if let Some(m) = r.push(&f).expect("frame") {
+            let m = SyncMessage::decode(&m).expect("message");
+            let done = stop(&m);
+            out.push(m);
+            if done {
+                break;
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn proofs_travel_first() {
     let (k, a) = wallet(1);
@@ -653,24 +675,63 @@ fn proofs_travel_first() {
         .expect("h1");
     left.insert(Entry::Header(header(&k, &a, 1, 100, 2)))
         .expect("fork → proof");
-    let right = ledger(2);
-    let mut s = SyncSession::new(&left, PeerState::new(), SyncConfig::default(), Millis(0));
-    let mut r = meshpay_proto::sync::frame::Reassembler::new(65_536, 1 << 20);
-    let first = loop {
-        let f = s.poll_transmit().expect("frames");
-        if let Some(m) = r.push(&f).expect("frame") {
-            break SyncMessage::decode(&m).expect("message");
-        }
-    };
-    assert!(matches!(first, SyncMessage::Urgent { ref proofs, .. } if proofs.len() == 1));
-    // And a node that never saw the wallet takes the proof (with its allowance).
-    let mut right = right;
+    let mut right = ledger(2);
+    let mut sl = SyncSession::new(&left, PeerState::new(), SyncConfig::default(), Millis(0));
     let mut sr = SyncSession::new(&right, PeerState::new(), SyncConfig::default(), Millis(0));
-    for f in message_frames(&first, 65_536) {
-        sr.handle_frame(&mut right, &f, Millis(1))
-            .expect("urgent accepted");
+    // The hellos cross; the right's shows it convicts nobody, so the
+    // left's next message, before any reconciliation, is the proof.
+    let hello = messages_until(&mut sr, |_| true);
+    for f in message_frames(&hello[0], 65_536) {
+        sl.handle_frame(&mut left, &f, Millis(1)).expect("hello");
+    }
+    let sent = messages_until(&mut sl, |m| matches!(m, SyncMessage::Urgent { .. }));
+    assert!(matches!(sent[0], SyncMessage::Hello { .. }), "{sent:?}");
+    assert!(
+        matches!(sent[1], SyncMessage::Urgent { ref proofs, .. } if proofs.len() == 1),
+        "{sent:?}"
+    );
+    assert!(sl.stats().urgent_bytes_sent > 0);
+    // And a node that never saw the wallet takes the proof (with its
+    // allowance) from that message alone.
+    for m in &sent {
+        for f in message_frames(m, 65_536) {
+            sr.handle_frame(&mut right, &f, Millis(1))
+                .expect("urgent accepted");
+        }
     }
     assert!(right.has_conflict(&a.id));
+}
+
+#[test]
+fn proofs_are_not_sent_again_to_a_peer_that_convicts_the_same_allowances() {
+    let (k, a) = wallet(1);
+    let mut left = with_wallets(1, &[1]);
+    left.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    left.insert(Entry::Header(header(&k, &a, 1, 100, 2)))
+        .expect("fork → proof");
+    let mut right = ledger(2);
+    let (first, _) = sync(&mut left, &mut right);
+    assert!(first.urgent_bytes_sent > 0);
+    // Both now hold the proof; new payments make their ledgers differ, so
+    // they reconcile, but neither sends the proof again.
+    let (k2, a2) = wallet(2);
+    left.insert(Entry::Allowance(a2.clone()))
+        .expect("allowance");
+    left.insert(Entry::Header(header(&k2, &a2, 1, 100, 1)))
+        .expect("payment");
+    let (l, r) = sync(&mut left, &mut right);
+    assert_eq!((l.urgent_bytes_sent, r.urgent_bytes_sent), (0, 0));
+    assert_eq!(left.digest(), right.digest());
+    // A new conflict on one side makes the summaries differ again: each
+    // side then sends what it holds (the summary says that they differ,
+    // not where).
+    right
+        .insert(Entry::Header(header(&k2, &a2, 1, 100, 9)))
+        .expect("fork → proof");
+    let (_, r) = sync(&mut left, &mut right);
+    assert!(r.urgent_bytes_sent > 0);
+    assert!(left.has_conflict(&a2.id));
 }
 
 // ---------------------------------------------------------------------------

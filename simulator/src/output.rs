@@ -78,7 +78,7 @@ pub fn table(r: &Report) -> String {
     let c = &r.cost;
     let _ = writeln!(
         s,
-        "gossip bytes: {} sent (urgent proofs resent at every session start: {}); naive flooding {} ({:.1} %); naive once per peer {} ({:.1} %)",
+        "gossip bytes: {} sent (of which Urgent messages: {}); naive flooding {} ({:.1} %); naive once per peer {} ({:.1} %)",
         c.sync_bytes_sent,
         r.sessions.urgent_bytes,
         c.naive_stateless_bytes,

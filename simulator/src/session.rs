@@ -36,29 +36,10 @@ pub struct SessionResult {
     pub changed: bool,
     /// Why a side refused, when it did (the error's kind, without ids).
     pub refusal: Option<String>,
-    /// Bytes of the two opening `Urgent` messages (every proof and the
-    /// revocation list each side holds, sent before the hello).
+    /// Bytes of the two sides' `Urgent` messages (every proof and the
+    /// revocation list a side holds, sent when the peer's hello shows a
+    /// different urgent digest).
     pub urgent_bytes: u64,
-}
-
-/// Size of the `Urgent` message a session opened on `ledger` sends first.
-fn urgent_size(ledger: &meshpay_proto::ledger::PartialLedger) -> u64 {
-    use meshpay_proto::encoding::Encode;
-    use meshpay_proto::validate::MeshView;
-    let (proofs, revocations) = ledger.urgent();
-    if proofs.is_empty() && revocations.is_none() {
-        return 0;
-    }
-    let proofs = proofs
-        .into_iter()
-        .filter_map(|p| Some((ledger.allowance(&p.allowance())?.into_inner(), p)))
-        .collect();
-    meshpay_proto::sync::SyncMessage::Urgent {
-        proofs,
-        revocations,
-    }
-    .encode()
-    .len() as u64
 }
 
 /// The kind of a sync error, without the ids in its message, for counting.
@@ -96,7 +77,6 @@ pub fn run<R: rand::Rng + ?Sized>(
     let peer_a = take_peer(a, ib);
     let peer_b = take_peer(b, ia);
     let now = |us: f64| Millis(t0 + (us / 1000.0) as u64);
-    let urgent_bytes = urgent_size(&a.ledger) + urgent_size(&b.ledger);
     let mut sa = SyncSession::new(&a.ledger, peer_a, config, Millis(t0));
     let mut sb = SyncSession::new(&b.ledger, peer_b, config, Millis(t0));
     let (len_a, len_b) = (a.ledger.len(), b.ledger.len());
@@ -164,6 +144,7 @@ pub fn run<R: rand::Rng + ?Sized>(
             }
         }
     }
+    let urgent_bytes = sa.stats().urgent_bytes_sent + sb.stats().urgent_bytes_sent;
     let radio = elapsed as u64;
     a.cost.radio_on_us += radio;
     b.cost.radio_on_us += radio;

@@ -80,8 +80,8 @@ pub struct SessionCounts {
     /// Sessions between two honest devices that one side refused, by the
     /// error's kind: each is a protocol finding, not an attack.
     pub honest_refusals: BTreeMap<String, u64>,
-    /// Bytes of the opening `Urgent` messages (all proofs held, resent in
-    /// every session), both sides.
+    /// Bytes of the `Urgent` messages (all proofs held, sent to a peer
+    /// whose urgent digest differs), both sides.
     pub urgent_bytes: u64,
 }
 

@@ -417,6 +417,25 @@ impl<R: Replica> PartialLedger<R> {
         (self.proofs(), self.revocations.clone())
     }
 
+    /// A summary of the urgent part: which allowances stand convicted and
+    /// which revocation list is newest. Two ledgers with equal summaries
+    /// have nothing urgent to tell each other (the proofs may differ, but
+    /// they convict the same allowances; reconciliation carries the rest).
+    pub fn urgent_digest(&self) -> Hash {
+        use crate::encoding::Encode;
+        let mut data = Vec::with_capacity(16 * self.conflicted.len() + 40);
+        data.extend_from_slice(&(self.conflicted.len() as u64).to_le_bytes());
+        for id in &self.conflicted {
+            data.extend_from_slice(&id.0);
+        }
+        if let Some(r) = &self.revocations {
+            data.extend_from_slice(
+                Hash::tagged(crate::crypto::domain::REVOCATION_LIST, &r.encode()).as_bytes(),
+            );
+        }
+        Hash::tagged(crate::crypto::domain::URGENT_DIGEST, &data)
+    }
+
     /// A proof if `h` conflicts with a held header, or is invalid on its face.
     ///
     /// Only the headers under the same key and the nearest sequence numbers

@@ -2,8 +2,8 @@
 //! partial ledgers to their union.
 //!
 //! ```text
-//!  each side, at once:   Urgent{proofs, revocations}   (only if it has any)
-//!                        Hello{epoch, digest, entries}
+//!  each side, at once:   Hello{epoch, digest, entries, urgent}
+//!  urgent digests differ: Urgent{proofs, revocations}  (first, if it has any)
 //!  digests equal:        Done{digest}  ── both done: a few hundred bytes
 //!  digests differ:       Reconcile(replica message) ⇄ Reconcile(...) ...
 //!                        Done{digest} when the replica has nothing to send
@@ -51,6 +51,9 @@ pub enum SyncMessage {
         digest: Hash,
         /// How many entries it holds.
         entries: u64,
+        /// The sender's [`PartialLedger::urgent_digest`]: a peer whose own
+        /// differs sends its `Urgent` message next.
+        urgent: Hash,
     },
     /// One message of the replica's own reconciliation protocol.
     Reconcile(Vec<u8>),
@@ -147,6 +150,9 @@ pub struct SyncStats {
     pub messages_received: u32,
     /// Reconciliation messages received.
     pub rounds_received: u32,
+    /// Bytes of the `Urgent` message sent (0 when the peer's urgent digest
+    /// matched).
+    pub urgent_bytes_sent: u64,
     /// Proofs found or learnt during the session.
     pub new_proofs: Vec<ConflictProof>,
 }
@@ -178,7 +184,8 @@ impl<R: Replica> core::fmt::Debug for SyncSession<R> {
 }
 
 impl<R: Replica> SyncSession<R> {
-    /// Opens a session: queues the urgent entries and the hello. `peer` is
+    /// Opens a session: queues the hello (the urgent entries follow once the
+    /// peer's hello shows it may lack them). `peer` is
     /// what was remembered about this peer (or `Default` for a stranger).
     pub fn new(
         ledger: &PartialLedger<R>,
@@ -205,27 +212,33 @@ impl<R: Replica> SyncSession<R> {
             failed: false,
             stats: SyncStats::default(),
         };
-        let (proofs, revocations) = ledger.urgent();
-        let proofs: Vec<(Allowance, ConflictProof)> = proofs
-            .into_iter()
-            .filter_map(|p| {
-                use crate::validate::MeshView;
-                let a = ledger.allowance(&p.allowance())?;
-                Some((a.into_inner(), p))
-            })
-            .collect();
-        if !proofs.is_empty() || revocations.is_some() {
-            s.send(&SyncMessage::Urgent {
-                proofs,
-                revocations,
-            });
-        }
         s.send(&SyncMessage::Hello {
             epoch: ledger.epoch(),
             digest: ledger.digest(),
             entries: ledger.len() as u64,
+            urgent: ledger.urgent_digest(),
         });
         s
+    }
+
+    /// Sends the proofs (each with its allowance) and the newest revocation
+    /// list, if there are any.
+    fn send_urgent(&mut self, ledger: &PartialLedger<R>) {
+        use crate::validate::MeshView;
+        let (proofs, revocations) = ledger.urgent();
+        let proofs: Vec<(Allowance, ConflictProof)> = proofs
+            .into_iter()
+            .filter_map(|p| Some((ledger.allowance(&p.allowance())?.into_inner(), p)))
+            .collect();
+        if proofs.is_empty() && revocations.is_none() {
+            return;
+        }
+        let before = self.stats.bytes_sent;
+        self.send(&SyncMessage::Urgent {
+            proofs,
+            revocations,
+        });
+        self.stats.urgent_bytes_sent += self.stats.bytes_sent - before;
     }
 
     fn send(&mut self, message: &SyncMessage) {
@@ -363,11 +376,16 @@ impl<R: Replica> SyncSession<R> {
                     }
                 }
             }
-            SyncMessage::Hello { digest, .. } => {
+            SyncMessage::Hello { digest, urgent, .. } => {
                 if self.hello_received {
                     return Err(SyncError::Unexpected("second hello"));
                 }
                 self.hello_received = true;
+                // Before anything else, what the peer may not know of
+                // conflicts and revocations.
+                if urgent != ledger.urgent_digest() {
+                    self.send_urgent(ledger);
+                }
                 if digest == ledger.digest() {
                     self.send_done_once(ledger);
                 } else {
