@@ -73,7 +73,7 @@ done
 
 say "node$N's owner deposits 150.00 EUR and loads a 100.00 EUR allowance (online, before the ship sails)"
 WALLET=$("$M" status --json --data-dir "$LAB/node$N" | python3 -c 'import json,sys; print(json.load(sys.stdin)["wallet"])')
-http POST /v1/deposits "{\"wallet\": \"$WALLET\", \"amount\": 15000}"
+http POST /v1/deposits "{\"wallet\": \"$WALLET\", \"amount\": 15000, \"reference\": \"lab-till-1\"}"
 "$M" allowance load --data-dir "$LAB/node$N" --settlement "$SETTLEMENT" --amount 100.00
 
 say "node$N pays node$((N-1)) three times (its neighbour on the mesh)"

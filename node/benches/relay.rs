@@ -63,7 +63,7 @@ async fn run(sync: Duration) -> (Duration, Duration) {
     let kv: Box<dyn Kv> = Box::new(RedbKv::open(&dir.path().join("s.redb")).expect("redb"));
     let mut service = Service::open(kv, issuer.clone(), Default::default()).expect("service");
     service
-        .deposit(payer_key.public().into(), 1_000_000)
+        .deposit(payer_key.public().into(), 1_000_000, "bench")
         .expect("deposit");
     let request = WalletRequest::sign(
         WalletRequestTerms {

@@ -45,7 +45,7 @@ fn service(kv: Box<dyn Kv>) -> Service<Box<dyn Kv>> {
         });
     for i in 0..ALLOWANCES {
         let wallet = key(i, 2);
-        s.deposit(wallet.public().into(), 1_000_000)
+        s.deposit(wallet.public().into(), 1_000_000, &format!("bench-{i}"))
             .expect("deposit");
         let mut nonce = [0u8; 16];
         nonce[..4].copy_from_slice(&i.to_le_bytes());

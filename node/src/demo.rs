@@ -335,8 +335,8 @@ async fn story(dir: &Path) -> Result<DemoReport, DemoError> {
     let url = format!("http://{bound}");
     let (alice_wallet, dave_wallet) = (alice.public_key(), dave.public_key());
     app.with(move |s| {
-        s.deposit(alice_wallet.into(), 15_000)?;
-        s.deposit(dave_wallet.into(), 6_000)
+        s.deposit(alice_wallet.into(), 15_000, "demo-till-1")?;
+        s.deposit(dave_wallet.into(), 6_000, "demo-till-2")
     })
     .await
     .map_err(|e| DemoError::Settlement(e.to_string()))?;

@@ -131,7 +131,7 @@ fn receipts_reach_settlement_through_one_gateway_and_every_node_prunes() {
         &service,
         "/v1/deposits",
         "t0ken",
-        &json!({"wallet": wallets[0], "amount": 10_000}),
+        &json!({"wallet": wallets[0], "amount": 10_000, "reference": "till-1"}),
     );
     assert_eq!(code, 200, "{v}");
     let loaded = run(&[

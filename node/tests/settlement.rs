@@ -74,8 +74,24 @@ fn story(kv: Box<dyn Kv>) -> Value {
     let mut s = Service::open(kv, issuer.clone(), SettlementConfig::default()).expect("open");
     let wallet = |k: &SecretKey| Account::Wallet(KeyBytes::from(k.public()));
 
-    s.deposit(alice.public().into(), 10_000).expect("deposit");
+    let first = s
+        .deposit(alice.public().into(), 10_000, "bank-tx-1")
+        .expect("deposit");
+    assert_eq!((first.balance, first.repeated), (10_000, false));
+    // The operator retries after losing the answer: nothing more is
+    // credited, and the first answer comes back. Another deposit under the
+    // same reference is refused; bad references are refused.
+    let retry = s
+        .deposit(alice.public().into(), 10_000, "bank-tx-1")
+        .expect("retry");
+    assert_eq!((retry.balance, retry.repeated), (10_000, true));
+    assert!(refused(s.deposit(alice.public().into(), 9_000, "bank-tx-1")).contains("already used"));
+    assert!(refused(s.deposit(bob.public().into(), 10_000, "bank-tx-1")).contains("already used"));
+    assert!(refused(s.deposit(alice.public().into(), 1, "")).contains("reference"));
+    assert!(refused(s.deposit(alice.public().into(), 1, "a\nb")).contains("reference"));
+    assert!(refused(s.deposit(alice.public().into(), 1, &"x".repeat(129))).contains("reference"));
     assert_eq!(s.total().expect("total"), 10_000);
+    assert_eq!(s.deposits().expect("deposits"), 10_000);
 
     // Loading an allowance: signed by the wallet, fresh, within balance.
     let id = AllowanceId([9; 16]);

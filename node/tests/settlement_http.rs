@@ -140,8 +140,10 @@ fn call(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Valu
     (code, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn deposit(addr: &str, wallet: &SecretKey, amount: u64) -> (u16, Value) {
-    let body = json!({"wallet": wallet.public().to_string(), "amount": amount}).to_string();
+fn deposit(addr: &str, wallet: &SecretKey, amount: u64, reference: &str) -> (u16, Value) {
+    let body =
+        json!({"wallet": wallet.public().to_string(), "amount": amount, "reference": reference})
+            .to_string();
     let (code, text) = raw(
         addr,
         "POST",
@@ -241,7 +243,9 @@ fn hostile(backend: &Backend) {
     assert_eq!(doc["openapi"], "3.0.3");
 
     // Deposits need the operator's token.
-    let body = json!({"wallet": alice.public().to_string(), "amount": 5_000}).to_string();
+    let body =
+        json!({"wallet": alice.public().to_string(), "amount": 5_000, "reference": "till-0"})
+            .to_string();
     let (code, _) = raw(addr, "POST", "/v1/deposits", "", body.as_bytes());
     assert_eq!(code, 401);
     let (code, _) = raw(
@@ -253,7 +257,18 @@ fn hostile(backend: &Backend) {
     );
     assert_eq!(code, 401);
     assert_eq!(balance(addr, &alice), 0);
-    assert_eq!(deposit(addr, &alice, 5_000).0, 200);
+    let (code, first) = deposit(addr, &alice, 5_000, "till-1");
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(first["repeated"], false);
+    // A retry under the same reference credits nothing more.
+    let (code, retry) = deposit(addr, &alice, 5_000, "till-1");
+    assert_eq!(
+        (code, &retry["repeated"], &retry["balance"]),
+        (200, &json!(true), &json!(5_000))
+    );
+    let (code, clash) = deposit(addr, &alice, 6_000, "till-1");
+    assert_eq!(code, 400, "{clash}");
+    assert_eq!(balance(addr, &alice), 5_000);
     let a = issue(addr, &alice, 1, 4_000, 100);
     assert_eq!(balance(addr, &alice), 1_000);
 
@@ -417,7 +432,7 @@ fn crash(backend: &Backend) {
         SecretKey::from_seed(&[2; 32]),
         SecretKey::from_seed(&[3; 32]),
     );
-    assert_eq!(deposit(&served.addr, &alice, 100_000).0, 200);
+    assert_eq!(deposit(&served.addr, &alice, 100_000, "till-1").0, 200);
     let a = issue(&served.addr, &alice, 1, 100_000, 5_000);
     let all = receipts(&alice, &bob, &a, 3_000, 10);
     let batches: Vec<Value> = all

@@ -135,6 +135,8 @@ async fn openapi() -> Response {
 struct DepositBody {
     wallet: String,
     amount: u64,
+    /// The operator's unique name for the deposit (makes a retry safe).
+    reference: String,
 }
 
 async fn deposit(
@@ -171,8 +173,17 @@ async fn deposit(
     if body.amount == 0 {
         return bad("amount must be positive");
     }
-    match app.with(move |s| s.deposit(wallet, body.amount)).await {
-        Ok(balance) => ok(json!({ "wallet": body.wallet, "balance": balance })),
+    let (amount, reference) = (body.amount, body.reference.clone());
+    match app
+        .with(move |s| s.deposit(wallet, amount, &reference))
+        .await
+    {
+        Ok(d) => ok(json!({
+            "wallet": body.wallet,
+            "balance": d.balance,
+            "reference": body.reference,
+            "repeated": d.repeated,
+        })),
         Err(e) => failed(e),
     }
 }

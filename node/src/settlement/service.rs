@@ -43,6 +43,27 @@ pub enum ServiceError {
     Refused(String),
 }
 
+/// Longest deposit reference, in bytes.
+pub const MAX_REFERENCE: usize = 128;
+
+/// The answer to a deposit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deposited {
+    /// The wallet's balance right after this deposit was credited.
+    pub balance: i64,
+    /// The deposit had been made before under its reference: nothing more
+    /// was credited now.
+    pub repeated: bool,
+}
+
+/// What is kept of a deposit under its reference.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DepositRecord {
+    wallet: [u8; 32],
+    amount: u64,
+    balance: i64,
+}
+
 fn refused(message: impl Into<String>) -> ServiceError {
     ServiceError::Refused(message.into())
 }
@@ -296,7 +317,41 @@ impl<K: Kv> Service<K> {
 
     /// Money arriving from outside (a card top-up, a bank transfer): the
     /// operator credits a wallet's online account.
-    pub fn deposit(&mut self, wallet: KeyBytes, amount: u64) -> Result<i64, ServiceError> {
+    ///
+    /// `reference` is the operator's own unique name for this deposit (the
+    /// bank transaction, the till receipt): the same deposit sent again
+    /// under it, by a client that lost the answer, credits nothing more and
+    /// gets the first answer; another deposit under a used reference is
+    /// refused.
+    pub fn deposit(
+        &mut self,
+        wallet: KeyBytes,
+        amount: u64,
+        reference: &str,
+    ) -> Result<Deposited, ServiceError> {
+        if reference.is_empty()
+            || reference.len() > MAX_REFERENCE
+            || reference.chars().any(char::is_control)
+        {
+            return Err(refused(format!(
+                "a deposit reference is 1 to {MAX_REFERENCE} bytes of text without control characters"
+            )));
+        }
+        let mut ref_key = b"deposit-ref/".to_vec();
+        ref_key.extend_from_slice(reference.as_bytes());
+        if let Some(bytes) = self.kv.get(Table::Meta, &ref_key)? {
+            let first: DepositRecord = postcard::from_bytes(&bytes)
+                .map_err(|_| ServiceError::Corrupt(format!("deposit {reference}")))?;
+            if &first.wallet != wallet.as_bytes() || first.amount != amount {
+                return Err(refused(format!(
+                    "deposit reference {reference:?} was already used for another deposit"
+                )));
+            }
+            return Ok(Deposited {
+                balance: first.balance,
+                repeated: true,
+            });
+        }
         let amount_i = i64::try_from(amount).map_err(|_| refused("amount too large"))?;
         let account = Account::Wallet(wallet);
         let balance = self
@@ -309,6 +364,11 @@ impl<K: Kv> Service<K> {
         let mut key = wallet.as_bytes().to_vec();
         key.extend(be(next));
         next += 1;
+        let record = DepositRecord {
+            wallet: *wallet.as_bytes(),
+            amount,
+            balance,
+        };
         self.kv.commit(&[
             Put {
                 table: Table::Balances,
@@ -331,8 +391,17 @@ impl<K: Kv> Service<K> {
                 key: b"deposits".to_vec(),
                 value: deposits.to_le_bytes().to_vec(),
             },
+            Put {
+                table: Table::Meta,
+                key: ref_key,
+                value: postcard::to_allocvec(&record)
+                    .map_err(|e| ServiceError::Corrupt(e.to_string()))?,
+            },
         ])?;
-        Ok(balance)
+        Ok(Deposited {
+            balance,
+            repeated: false,
+        })
     }
 
     /// Everything deposited so far: the sum of all balances must equal it.
