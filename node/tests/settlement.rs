@@ -277,3 +277,48 @@ fn the_story_gives_identical_results_on_redb_and_postgres() {
     );
     drop(first);
 }
+
+#[test]
+fn a_lost_postgres_connection_is_opened_again_and_nothing_is_lost() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let mut s = Service::open(
+        Box::new(fresh_pg(&url, "test_reconnect")) as Box<dyn Kv>,
+        key(1),
+        SettlementConfig::default(),
+    )
+    .expect("open");
+    let alice = key(2);
+    s.deposit(alice.public().into(), 1_000, "r-1")
+        .expect("deposit");
+    // The server drops the service's connection (as a restart does).
+    let cut = || {
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("admin");
+        let killed: bool = admin
+            .query_one(
+                "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = 'meshpay-settlement-test_reconnect'",
+                &[],
+            )
+            .expect("terminate")
+            .get(0);
+        assert!(killed, "no session to cut");
+    };
+    cut();
+    // A write after the cut: connected again, committed once.
+    let d = s
+        .deposit(alice.public().into(), 500, "r-2")
+        .expect("deposit after reconnect");
+    assert_eq!((d.balance, d.repeated), (1_500, false));
+    cut();
+    // A read after the cut.
+    assert_eq!(
+        s.balance(&Account::Wallet(KeyBytes::from(alice.public())))
+            .expect("balance after reconnect"),
+        1_500
+    );
+    assert_eq!(s.deposits().expect("deposits"), 1_500);
+    // The writer lock came back with the connection.
+    assert!(PgKv::connect_schema(&url, "test_reconnect").is_err());
+}

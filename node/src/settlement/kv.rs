@@ -212,8 +212,16 @@ impl Kv for RedbKv {
 /// PostgreSQL: one table `meshpay_settlement (tbl, k, v)`; each commit is
 /// one transaction of one bulk upsert (the server's default
 /// `synchronous_commit = on` makes it durable before it returns).
+///
+/// A lost connection (the server restarted, a network cut) is opened again
+/// once per operation, taking the schema's writer lock again, and the
+/// operation is retried. Retrying a commit whose outcome was lost with the
+/// connection is safe: a commit writes absolute values, and only the lock
+/// holder writes, so writing them a second time changes nothing.
 pub struct PgKv {
     client: postgres::Client,
+    url: String,
+    schema: String,
     url_shown: String,
 }
 
@@ -280,7 +288,37 @@ impl PgKv {
             Some((_, host)) => format!("postgres://…@{host}"),
             None => url.to_string(),
         };
-        Ok(PgKv { client, url_shown })
+        // Names this writer's session in pg_stat_activity.
+        client
+            .batch_execute(&format!(
+                "SET application_name = 'meshpay-settlement-{schema}'"
+            ))
+            .map_err(|e| KvError::Postgres(e.to_string()))?;
+        Ok(PgKv {
+            client,
+            url: url.to_string(),
+            schema: schema.to_string(),
+            url_shown,
+        })
+    }
+
+    /// Runs `op`; if it failed because the connection is gone, connects
+    /// again (lock included) and runs it once more.
+    fn with_reconnect<T>(
+        &mut self,
+        op: impl Fn(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, KvError> {
+        match op(&mut self.client) {
+            Ok(v) => Ok(v),
+            Err(e) if self.client.is_closed() => {
+                tracing::warn!(database = %self.url_shown, error = %e, "PostgreSQL connection lost; connecting again");
+                let fresh = Self::connect_schema(&self.url, &self.schema)?;
+                self.client = fresh.client;
+                tracing::info!(database = %self.url_shown, "PostgreSQL connection open again");
+                op(&mut self.client).map_err(pg)
+            }
+            Err(e) => Err(pg(e)),
+        }
     }
 }
 
@@ -290,31 +328,26 @@ fn pg(e: postgres::Error) -> KvError {
 
 impl Kv for PgKv {
     fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        let row = self
-            .client
-            .query_opt(
+        let row = self.with_reconnect(|c| {
+            c.query_opt(
                 "SELECT v FROM meshpay_settlement WHERE tbl = $1 AND k = $2",
                 &[&table.code(), &key],
             )
-            .map_err(pg)?;
+        })?;
         Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
     }
 
     fn scan(&mut self, table: Table, prefix: &[u8]) -> Result<Entries, KvError> {
         // bytea compares bytewise, like redb's keys.
-        let rows = self
-            .client
-            .query(
+        let len = i32::try_from(prefix.len()).unwrap_or(i32::MAX);
+        let rows = self.with_reconnect(|c| {
+            c.query(
                 "SELECT k, v FROM meshpay_settlement
                  WHERE tbl = $1 AND k >= $2 AND substring(k from 1 for $3) = $2
                  ORDER BY k",
-                &[
-                    &table.code(),
-                    &prefix,
-                    &i32::try_from(prefix.len()).unwrap_or(i32::MAX),
-                ],
+                &[&table.code(), &prefix, &len],
             )
-            .map_err(pg)?;
+        })?;
         Ok(rows
             .into_iter()
             .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
@@ -333,15 +366,16 @@ impl Kv for PgKv {
             keys.push(k);
             values.push(v);
         }
-        let mut tx = self.client.transaction().map_err(pg)?;
-        tx.execute(
-            "INSERT INTO meshpay_settlement (tbl, k, v)
-             SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[])
-             ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
-            &[&tbls, &keys, &values],
-        )
-        .map_err(pg)?;
-        tx.commit().map_err(pg)
+        self.with_reconnect(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO meshpay_settlement (tbl, k, v)
+                 SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[])
+                 ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
+                &[&tbls, &keys, &values],
+            )?;
+            tx.commit()
+        })
     }
 
     fn describe(&self) -> String {
