@@ -667,14 +667,21 @@ fn messages_until(
     out
 }
 
+/// A ledger holding a proof against wallet 1's allowance (a fork at
+/// sequence number 1), and that allowance.
+fn convicting_wallet_1() -> (Ledger, Allowance) {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    l.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    l.insert(Entry::Header(header(&k, &a, 1, 100, 2)))
+        .expect("fork → proof");
+    (l, a)
+}
+
 #[test]
 fn proofs_travel_first() {
-    let (k, a) = wallet(1);
-    let mut left = with_wallets(1, &[1]);
-    left.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
-        .expect("h1");
-    left.insert(Entry::Header(header(&k, &a, 1, 100, 2)))
-        .expect("fork → proof");
+    let (mut left, a) = convicting_wallet_1();
     let mut right = ledger(2);
     let mut sl = SyncSession::new(&left, PeerState::new(), SyncConfig::default(), Millis(0));
     let mut sr = SyncSession::new(&right, PeerState::new(), SyncConfig::default(), Millis(0));
@@ -704,12 +711,7 @@ fn proofs_travel_first() {
 
 #[test]
 fn proofs_are_not_sent_again_to_a_peer_that_convicts_the_same_allowances() {
-    let (k, a) = wallet(1);
-    let mut left = with_wallets(1, &[1]);
-    left.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
-        .expect("h1");
-    left.insert(Entry::Header(header(&k, &a, 1, 100, 2)))
-        .expect("fork → proof");
+    let (mut left, _) = convicting_wallet_1();
     let mut right = ledger(2);
     let (first, _) = sync(&mut left, &mut right);
     assert!(first.urgent_bytes_sent > 0);
