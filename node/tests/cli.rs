@@ -2,41 +2,15 @@
 //! person would: an issuer signs an allowance, one node pays another over
 //! the libp2p mesh, and every node's ledger converges.
 
+mod procs;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use procs::{Procs as Nodes, meshpay, run, run_json as json};
+
 use serde_json::Value;
-
-fn meshpay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_meshpay"))
-}
-
-fn run(args: &[&str]) -> String {
-    let out = meshpay().args(args).output().expect("meshpay runs");
-    assert!(
-        out.status.success(),
-        "meshpay {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn json(args: &[&str]) -> Value {
-    serde_json::from_str(&run(args)).expect("JSON")
-}
-
-/// Kills the node processes when the test ends, pass or fail.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn start(nodes: &mut Nodes, dir: &Path, peers: &[String]) -> Value {
     start_on(nodes, dir, peers, "/ip4/127.0.0.1/tcp/0")
@@ -73,8 +47,7 @@ fn start_on(nodes: &mut Nodes, dir: &Path, peers: &[String], listen: &str) -> Va
 }
 
 fn stop(nodes: &mut Nodes, index: usize) {
-    let _ = nodes.0[index].kill();
-    let _ = nodes.0[index].wait();
+    nodes.kill(index);
 }
 
 fn addr_of(status: &Value) -> String {

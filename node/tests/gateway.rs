@@ -4,72 +4,15 @@
 //! them, every receipt settles, and the acknowledgement travels back so
 //! that every node's outbox empties and c drops what it carried.
 
+mod procs;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use procs::{Procs, run, status, wait_file};
 
 use meshpay_proto::prelude::*;
 use serde_json::{Value, json};
-
-fn meshpay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_meshpay"))
-}
-
-fn run(args: &[&str]) -> String {
-    let out = meshpay().args(args).output().expect("meshpay runs");
-    assert!(
-        out.status.success(),
-        "meshpay {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-/// Child processes killed when the test ends.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(procs: &mut Procs, args: &[String], log: &Path) {
-    let log = std::fs::File::create(log).expect("log");
-    procs.0.push(
-        meshpay()
-            .args(args)
-            .env("RUST_LOG", "meshpay_node=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn"),
-    );
-}
-
-fn wait_file(path: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path)
-            && !s.trim().is_empty()
-        {
-            return s.trim().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(30));
-    }
-}
-
-fn status(dir: &str) -> Value {
-    serde_json::from_str(&run(&["status", "--json", "--data-dir", dir])).expect("json")
-}
 
 #[test]
 fn receipts_reach_settlement_through_one_gateway_and_every_node_prunes() {
@@ -84,8 +27,7 @@ fn receipts_reach_settlement_through_one_gateway_and_every_node_prunes() {
     std::fs::write(service_dir.join("issuer.key"), hex::encode([1u8; 32])).expect("key");
     std::fs::write(service_dir.join("token"), "t0ken").expect("token");
     let sd = service_dir.display().to_string();
-    spawn(
-        &mut procs,
+    procs.spawn(
         &[
             "settlement",
             "serve",
@@ -171,7 +113,7 @@ fn receipts_reach_settlement_through_one_gateway_and_every_node_prunes() {
         if gateway {
             args.extend(["--settlement".to_string(), url.clone()]);
         }
-        spawn(procs, &args, &root.join(format!("{i}.log")));
+        procs.spawn(&args, &root.join(format!("{i}.log")));
         wait_file(&Path::new(&dirs[i]).join("control.addr"));
         let s = status(&dirs[i]);
         format!(
