@@ -27,15 +27,16 @@ fn with_wallets(node: u8, wallets: &[u32]) -> Ledger {
     l
 }
 
-/// Runs a whole session between `a` and `b` in memory, frames moving in
-/// alternation. Returns both sides' stats.
-fn sync_with(
+/// Runs a whole session between `a` and `b` in memory from the given peer
+/// states, frames moving in alternation. Returns both finished sessions.
+fn run_session(
     a: &mut Ledger,
     b: &mut Ledger,
+    states: (PeerState, PeerState),
     config: SyncConfig,
-) -> Result<(SyncStats, SyncStats), SyncError> {
-    let mut sa = SyncSession::new(a, PeerState::new(), config, Millis(0));
-    let mut sb = SyncSession::new(b, PeerState::new(), config, Millis(0));
+) -> Result<(SyncSession, SyncSession), SyncError> {
+    let mut sa = SyncSession::new(a, states.0, config, Millis(0));
+    let mut sb = SyncSession::new(b, states.1, config, Millis(0));
     for step in 0..100_000u64 {
         let mut moved = false;
         if let Some(f) = sa.poll_transmit() {
@@ -47,11 +48,21 @@ fn sync_with(
             moved = true;
         }
         if sa.is_finished() && sb.is_finished() {
-            return Ok((sa.stats().clone(), sb.stats().clone()));
+            return Ok((sa, sb));
         }
         assert!(moved, "session stuck: {sa:?} {sb:?}");
     }
     panic!("session did not finish");
+}
+
+/// A whole session between strangers; both sides' stats.
+fn sync_with(
+    a: &mut Ledger,
+    b: &mut Ledger,
+    config: SyncConfig,
+) -> Result<(SyncStats, SyncStats), SyncError> {
+    let (sa, sb) = run_session(a, b, (PeerState::new(), PeerState::new()), config)?;
+    Ok((sa.stats().clone(), sb.stats().clone()))
 }
 
 fn sync(a: &mut Ledger, b: &mut Ledger) -> (SyncStats, SyncStats) {
@@ -1194,27 +1205,15 @@ fn a_forged_change_waiting_on_an_honest_one_is_dropped_when_that_one_arrives() {
     );
 }
 
-/// Runs a session to its end with the given peer states and returns them.
+/// An honest session to its end from the given peer states; the states it
+/// leaves.
 fn session_with_states(
     x: &mut Ledger,
     y: &mut Ledger,
     states: (PeerState, PeerState),
 ) -> (PeerState, PeerState) {
-    let config = SyncConfig::default();
-    let mut sx = SyncSession::new(x, states.0, config, Millis(0));
-    let mut sy = SyncSession::new(y, states.1, config, Millis(0));
-    for _ in 0..1_000 {
-        if sx.is_finished() && sy.is_finished() {
-            return (sx.into_peer_state(), sy.into_peer_state());
-        }
-        if let Some(f) = sx.poll_transmit() {
-            sy.handle_frame(y, &f, Millis(0)).expect("honest");
-        }
-        if let Some(f) = sy.poll_transmit() {
-            sx.handle_frame(x, &f, Millis(0)).expect("honest");
-        }
-    }
-    panic!("session did not finish: {sx:?} {sy:?}");
+    let (sx, sy) = run_session(x, y, states, SyncConfig::default()).expect("honest");
+    (sx.into_peer_state(), sy.into_peer_state())
 }
 
 #[test]
