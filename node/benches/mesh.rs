@@ -69,13 +69,11 @@ async fn spawn_node(
         ..MeshConfig::default()
     };
     let (handle, _task) = Mesh::spawn(node, config).expect("mesh");
-    let addr = loop {
-        let s = handle.status().await.expect("status");
-        if let Some(a) = s.listening.first() {
-            break format!("{a}/p2p/{}", s.peer_id).parse().expect("multiaddr");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let addr = handle
+        .dial_address(Duration::from_secs(20))
+        .await
+        .expect("status")
+        .expect("listening");
     (handle, addr)
 }
 

@@ -202,19 +202,10 @@ impl Device {
             ..MeshConfig::default()
         };
         let (mesh, task) = Mesh::spawn(node, config)?;
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        let addr = loop {
-            let s = mesh.status().await?;
-            if let Some(a) = s.listening.first()
-                && let Ok(addr) = format!("{a}/p2p/{}", s.peer_id).parse()
-            {
-                break addr;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(DemoError::Stalled("a node to listen"));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let addr = mesh
+            .dial_address(PATIENCE)
+            .await?
+            .ok_or(DemoError::Stalled("a node to listen"))?;
         Ok(Device {
             name,
             mesh,

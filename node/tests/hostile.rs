@@ -32,13 +32,11 @@ async fn victim(dir: &std::path::Path) -> (MeshHandle, Multiaddr) {
         ..MeshConfig::default()
     };
     let (victim, _task) = Mesh::spawn(node, config).expect("mesh");
-    let addr: Multiaddr = loop {
-        let s = victim.status().await.expect("status");
-        if let Some(a) = s.listening.first() {
-            break format!("{a}/p2p/{}", s.peer_id).parse().expect("addr");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let addr: Multiaddr = victim
+        .dial_address(Duration::from_secs(20))
+        .await
+        .expect("status")
+        .expect("listening");
     (victim, addr)
 }
 

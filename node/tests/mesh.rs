@@ -51,13 +51,11 @@ async fn start(
         ..MeshConfig::default()
     };
     let (handle, task) = Mesh::spawn(node, config).expect("mesh");
-    let addr = loop {
-        let s = handle.status().await.expect("status");
-        if let Some(a) = s.listening.first() {
-            break format!("{a}/p2p/{}", s.peer_id).parse().expect("multiaddr");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let addr = handle
+        .dial_address(Duration::from_secs(20))
+        .await
+        .expect("status")
+        .expect("listening");
     (handle, addr, task)
 }
 
@@ -192,13 +190,10 @@ async fn a_proof_caught_at_a_payee_is_gossiped_at_once() {
         Mesh::spawn(node, config).expect("mesh").0
     };
     async fn addr(h: &MeshHandle) -> Multiaddr {
-        loop {
-            let s = h.status().await.expect("status");
-            if let Some(a) = s.listening.first() {
-                return format!("{a}/p2p/{}", s.peer_id).parse().expect("addr");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        h.dial_address(Duration::from_secs(20))
+            .await
+            .expect("status")
+            .expect("listening")
     }
     let b = spawn("b", SecretKey::from_seed(&[3; 32]), vec![], false);
     let b_addr = addr(&b).await;

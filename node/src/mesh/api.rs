@@ -255,6 +255,28 @@ impl MeshHandle {
         self.call(|reply| Command::Status { reply }).await
     }
 
+    /// The address peers dial to reach this node (its first listening
+    /// address, with `/p2p/<peer id>`), once it listens; `None` if it does
+    /// not within `patience`.
+    pub async fn dial_address(
+        &self,
+        patience: std::time::Duration,
+    ) -> Result<Option<libp2p::Multiaddr>, MeshError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let s = self.status().await?;
+            if let Some(a) = s.listening.first()
+                && let Ok(addr) = format!("{a}/p2p/{}", s.peer_id).parse()
+            {
+                return Ok(Some(addr));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Receipts this node is party to.
     pub async fn history(&self) -> Result<Vec<HistoryEntry>, MeshError> {
         self.call(|reply| Command::History { reply }).await?
