@@ -1189,6 +1189,12 @@ fn a_forged_change_waiting_on_an_honest_one_is_dropped_when_that_one_arrives() {
     // Saving leaves the unchecked change out: a reload cannot apply it.
     let reloaded = Ledger::load(&victim.save(), 0, &[2; 16], trust()).expect("reload");
     assert_eq!(reloaded.replica().doc().get_changes(&[]).len(), 0);
+    // Nor does a save that kept it (as older versions saved): loading drops
+    // what waits.
+    let old_style = victim.replica().doc().save();
+    let reloaded = Ledger::load(&old_style, 0, &[2; 16], trust()).expect("reload");
+    assert!(reloaded.replica().doc().get_missing_deps(&[]).is_empty());
+    assert!(!victim.replica().doc().get_missing_deps(&[]).is_empty());
 
     // The honest change arrives: the forged one would become ready, fails
     // its check, and is dropped; the honest one is taken.

@@ -457,10 +457,16 @@ impl Replica for AutomergeReplica {
     fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError> {
         let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
         let saved_heads = doc.get_heads();
-        Ok(AutomergeReplica {
+        let mut replica = AutomergeReplica {
             doc: doc.with_actor(Self::actor(actor)),
             saved_heads,
-        })
+        };
+        // Saves by older versions kept changes that waited for missing
+        // dependencies; nothing here knows whether they were checked.
+        if !replica.doc.get_missing_deps(&[]).is_empty() {
+            replica.drop_waiting_units();
+        }
+        Ok(replica)
     }
 
     fn empty(actor: &[u8]) -> Self {
