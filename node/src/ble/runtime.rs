@@ -366,6 +366,7 @@ fn pay_over(
         send_allowance: true,
         ..PayerConfig::default()
     };
+    let began = Instant::now();
     let session = mesh.with_node(move |a| {
         a.node
             .start_payment(expected.amount, wall_clock(), config)
@@ -373,6 +374,7 @@ fn pay_over(
     })??;
     let side = PayerSide::expecting(session, expected);
     let (side, link, ended) = converse(mesh, side, link, PAY_LIMIT_MS)?;
+    let took = began.elapsed();
     let outcome = match side.state() {
         PayerState::Paid(r) => MeshPayment::Paid(r.transfer.id().to_string()),
         PayerState::Rejected { rule, .. } => MeshPayment::Refused(rule.name().into()),
@@ -390,7 +392,10 @@ fn pay_over(
         }
         _ => MeshPayment::Uncertain,
     };
-    eprintln!("ble: payment to {peer}: {outcome:?}");
+    eprintln!(
+        "ble: payment to {peer} at MTU {mtu}: {outcome:?}, {:.1} ms from connection to receipt",
+        took.as_secs_f64() * 1e3
+    );
     if matches!(outcome, MeshPayment::Paid(_)) {
         sync_over(mesh, link, peer, mtu)?;
     }

@@ -385,15 +385,9 @@ impl Mesh {
             invoices: &mut self.invoices,
             gateway: self.config.settlement.is_some(),
         };
-        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread;
-        if multi_thread {
-            // The job blocks on its link: let the runtime move other tasks
-            // (the control API) off this thread meanwhile.
-            tokio::task::block_in_place(|| job(&mut access));
-        } else {
-            job(&mut access);
-        }
+        // Jobs are short (one step of an exchange; waiting for the peer
+        // happens on the transport's own threads).
+        job(&mut access);
         if self.node.ledger().digest() != before {
             self.save_ledger();
             self.sync_all();
