@@ -5,40 +5,14 @@
 //! ledgers converge; and one node runs BLE and the LAN mesh at once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn meshpay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_meshpay"))
-}
+mod process;
 
-fn run(args: &[&str]) -> String {
-    let out = meshpay().args(args).output().expect("meshpay runs");
-    assert!(
-        out.status.success(),
-        "meshpay {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn json(args: &[&str]) -> Value {
-    serde_json::from_str(&run(args)).expect("JSON")
-}
-
-/// Kills the node processes when the test ends, pass or fail.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use process::{Nodes, await_status, json, meshpay, run};
 
 /// Starts `meshpay node run` on `dir` with `extra` arguments; waits for
 /// its control API.
@@ -55,24 +29,7 @@ fn start(nodes: &mut Nodes, dir: &Path, extra: &[&str]) -> Value {
         .spawn()
         .expect("node starts");
     nodes.0.push(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if dir.join("control.addr").exists() {
-            let out = meshpay()
-                .args(["status", "--json", "--data-dir", &d])
-                .output()
-                .expect("status");
-            if out.status.success() {
-                return serde_json::from_slice(&out.stdout).expect("json");
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node in {d} did not start: {}",
-            std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    await_status(dir, Some(&dir.join("node.log")))
 }
 
 fn air_args<'a>(air: &'a str, position: &'a str) -> [&'a str; 4] {

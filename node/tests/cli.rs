@@ -3,40 +3,14 @@
 //! the libp2p mesh, and every node's ledger converges.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn meshpay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_meshpay"))
-}
+mod process;
 
-fn run(args: &[&str]) -> String {
-    let out = meshpay().args(args).output().expect("meshpay runs");
-    assert!(
-        out.status.success(),
-        "meshpay {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn json(args: &[&str]) -> Value {
-    serde_json::from_str(&run(args)).expect("JSON")
-}
-
-/// Kills the node processes when the test ends, pass or fail.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use process::{Nodes, await_status, json, meshpay, run};
 
 fn start(nodes: &mut Nodes, dir: &Path, peers: &[String]) -> Value {
     start_on(nodes, dir, peers, "/ip4/127.0.0.1/tcp/0")
@@ -52,24 +26,7 @@ fn free_port() -> u16 {
 
 fn start_on(nodes: &mut Nodes, dir: &Path, peers: &[String], listen: &str) -> Value {
     nodes.0.push(spawn_on(dir, peers, listen));
-    let d = dir.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if dir.join("control.addr").exists() {
-            let out = meshpay()
-                .args(["status", "--json", "--data-dir", &d])
-                .output()
-                .expect("status");
-            if out.status.success() {
-                let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-                if v["listening"].as_array().is_some_and(|l| !l.is_empty()) {
-                    return v;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "node in {d} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    await_status(dir, None)
 }
 
 fn stop(nodes: &mut Nodes, index: usize) {
