@@ -332,6 +332,7 @@ impl Radio for AirRadio {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::{LinkError, Wait};
 
     #[test]
     fn rssi_falls_with_distance_as_free_space_does() {
@@ -411,5 +412,52 @@ mod tests {
             }
         };
         assert!(matches!(lost, crate::transport::LinkError::Lost { .. }));
+    }
+
+    #[test]
+    fn garbage_in_the_air_is_ignored_and_an_oversized_packet_closes_the_link() {
+        let dir = tempfile::tempdir().expect("in a test");
+        let (handle, events) = super::super::runtime::channel();
+        let config = AirConfig {
+            dir: dir.path().to_path_buf(),
+            position: (0.0, 0.0),
+            mtu: 23,
+        };
+        let _radio = AirRadio::open(config, [7; 4], handle).expect("in a test");
+        // Noise on the advertising socket, and a caller that is not a node.
+        let noise = UnixDatagram::unbound().expect("in a test");
+        let adv = socket_path(dir.path(), [7; 4], "adv");
+        noise
+            .send_to(&[0xff; DATAGRAM_LEN], &adv)
+            .expect("in a test");
+        noise.send_to(b"short", &adv).expect("in a test");
+        let gatt = socket_path(dir.path(), [7; 4], "gatt");
+        let mut stranger = UnixStream::connect(&gatt).expect("in a test");
+        stranger
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .expect("in a test");
+        assert!(events.next(Duration::from_millis(300)).is_none());
+        // A node that sends a packet larger than the MTU allows is cut off.
+        let mut rude = UnixStream::connect(&gatt).expect("in a test");
+        handshake(&mut rude, [8; 4], 23).expect("in a test");
+        let Some(RadioEvent::Incoming(link)) = events.next(Duration::from_secs(5)) else {
+            panic!("expected a connection");
+        };
+        let mut port = link.port;
+        rude.write_all(&21u16.to_le_bytes()).expect("in a test");
+        rude.write_all(&[0u8; 21]).expect("in a test");
+        use super::super::PacketPort;
+        let lost = loop {
+            match port.wait(Some(port.now_us() + 2_000_000)) {
+                Ok(Wait::Deadline) => panic!("the link stayed open"),
+                Ok(_) => match port.try_recv_packet() {
+                    Ok(Some(p)) => panic!("an oversized packet was delivered: {p:?}"),
+                    Ok(None) => {}
+                    Err(e) => break e,
+                },
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(lost, LinkError::Lost { .. }));
     }
 }

@@ -15,6 +15,7 @@
 //! then a sync) or sync.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,10 @@ const PAYEE_WAIT: Duration = Duration::from_secs(5);
 const TAP_LISTEN: Duration = Duration::from_secs(1);
 /// How often the node's own advertisement is brought up to date.
 const REFRESH: Duration = Duration::from_millis(300);
+/// Most link threads alive at once (admitted links are capped lower by the
+/// policy; this bounds connections turned away or waiting to say what they
+/// want, against a flood).
+const MAX_LINK_THREADS: usize = 16;
 /// After a clean exchange with a node, its advertisements are left alone
 /// this long (the ones already in flight predate the exchange).
 const QUIET: Duration = Duration::from_secs(2);
@@ -421,31 +426,6 @@ fn framed(port: ChannelPort, mtu: u16) -> BleLink {
     FramedLink::new(port, FramingConfig::with_mtu(mtu))
 }
 
-/// Runs `work` for one link on a thread of its own; tells the transport
-/// when the link closes (and whether cleanly) if `node` is known.
-fn on_thread(
-    events: &BleHandle,
-    node: Option<[u8; 4]>,
-    work: impl FnOnce() -> Result<bool, MeshError> + Send + 'static,
-) {
-    let events = events.clone();
-    let spawned = std::thread::Builder::new()
-        .name("ble-link".into())
-        .spawn(move || {
-            let clean = match work() {
-                Ok(clean) => clean,
-                Err(e) => {
-                    tracing::debug!(error = %e, "BLE link ended");
-                    false
-                }
-            };
-            let _ = events.tx.send(Event::Closed { node, clean });
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "could not start a thread for a BLE link");
-    }
-}
-
 /// The transport's state.
 struct Transport<R> {
     radio: R,
@@ -457,6 +437,8 @@ struct Transport<R> {
     advert: Option<Advertisement>,
     pay: Option<PendingPay>,
     started: Instant,
+    /// Link threads alive.
+    threads: Arc<AtomicUsize>,
 }
 
 /// Runs the BLE transport of the node the mesh behind `mesh` owns, on
@@ -479,6 +461,7 @@ pub fn run<R: Radio>(
         advert: None,
         pay: None,
         started: Instant::now(),
+        threads: Arc::new(AtomicUsize::new(0)),
     };
     let mut refreshed = Instant::now();
     match t.refresh() {
@@ -542,6 +525,36 @@ pub fn run<R: Radio>(
 }
 
 impl<R: Radio> Transport<R> {
+    /// Runs `work` for one link on a thread of its own; tells the
+    /// transport when the link closes (and whether cleanly) if `node` is
+    /// known.
+    fn on_thread(
+        &self,
+        node: Option<[u8; 4]>,
+        work: impl FnOnce() -> Result<bool, MeshError> + Send + 'static,
+    ) {
+        let events = self.events.clone();
+        let threads = self.threads.clone();
+        threads.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name("ble-link".into())
+            .spawn(move || {
+                let clean = match work() {
+                    Ok(clean) => clean,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "BLE link ended");
+                        false
+                    }
+                };
+                threads.fetch_sub(1, Ordering::SeqCst);
+                let _ = events.tx.send(Event::Closed { node, clean });
+            });
+        if let Err(e) = spawned {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!(error = %e, "could not start a thread for a BLE link");
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -611,7 +624,7 @@ impl<R: Radio> Transport<R> {
         match self.radio.connect(advert.node) {
             Ok(link) => {
                 let mesh = self.mesh.clone();
-                on_thread(&self.events, Some(advert.node), move || {
+                self.on_thread(Some(advert.node), move || {
                     let (peer, mtu) = (link.peer, link.mtu);
                     let mut link = framed(link.port, mtu);
                     if link.send(&Intent::Sync.message()).is_err() {
@@ -631,6 +644,10 @@ impl<R: Radio> Transport<R> {
     /// A central connected. A node already linked is turned away for a
     /// sync (one link per pair) but served when it comes to pay.
     fn incoming(&mut self, link: IncomingLink) {
+        if self.threads.load(Ordering::SeqCst) >= MAX_LINK_THREADS {
+            tracing::debug!(peer = %link.peer, "too many links; connection turned away");
+            return;
+        }
         let admitted = link.node.is_some_and(|n| self.policy.admit(n));
         let IncomingLink {
             peer,
@@ -639,7 +656,7 @@ impl<R: Radio> Transport<R> {
             mtu,
         } = link;
         let mesh = self.mesh.clone();
-        on_thread(&self.events, node.filter(|_| admitted), move || {
+        self.on_thread(node.filter(|_| admitted), move || {
             let mut link = framed(port, mtu);
             match read_intent(&mut link) {
                 Some(Intent::Sync) if admitted || node.is_none() => {
@@ -708,7 +725,7 @@ impl<R: Radio> Transport<R> {
             }
         };
         let mesh = self.mesh.clone();
-        on_thread(&self.events, Some(target.node), move || {
+        self.on_thread(Some(target.node), move || {
             let (peer, mtu) = (link.peer, link.mtu);
             let mut link = framed(link.port, mtu);
             let outcome = match link.send(&Intent::Pay.message()) {
