@@ -135,21 +135,21 @@ pub struct PayerSide {
 /// The invoice a payer agreed to before it arrived (a tap: the user typed
 /// the amount, the payee's invoice comes over the link). Any other is
 /// declined, and nothing is signed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
     /// Amount in minor units.
     pub amount: u64,
     /// Currency.
     pub currency: Currency,
-    /// The payee's short id (its wallet key's first 4 bytes, as it
-    /// advertises over BLE).
-    pub payee: [u8; 4],
+    /// The payee's wallet key (over BLE: the one the link's key exchange
+    /// authenticated).
+    pub payee: PublicKey,
 }
 
 impl Expected {
     /// `None` if `invoice` is the one expected, else why not.
     fn mismatch(&self, invoice: &Invoice) -> Option<String> {
-        if invoice.payee.as_bytes()[..4] != self.payee {
+        if invoice.payee != self.payee {
             return Some("the invoice names another payee than the one connected to".into());
         }
         if invoice.amount != self.amount || invoice.currency != self.currency {
@@ -210,7 +210,7 @@ impl Conversation for PayerSide {
             tracing::debug!(error = %e, "payment message ignored");
         }
         if let Some(invoice) = node.drive_payer(&mut self.session, now)? {
-            match self.expected.and_then(|e| e.mismatch(&invoice)) {
+            match self.expected.as_ref().and_then(|e| e.mismatch(&invoice)) {
                 None => {
                     self.session.confirm()?;
                     node.drive_payer(&mut self.session, now)?;

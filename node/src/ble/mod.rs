@@ -36,6 +36,7 @@ pub mod framing;
 mod link;
 pub mod policy;
 pub mod runtime;
+pub mod secure;
 
 #[cfg(feature = "ble")]
 pub mod adapter;

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use super::advert::{AdvertFlags, Advertisement};
 use super::framing::FramingConfig;
 use super::policy::{ConnectionPolicy, Decision, OwnState, PolicyConfig};
+use super::secure::{SecureError, SecureLink};
 use super::{ChannelPort, FramedLink, short_id};
 use crate::exchange::{
     self, Channel, Conversation, Ended, ExchangeError, Expected, Intent, PayeeSide, PayerSide,
@@ -199,7 +200,7 @@ fn advert_of(access: &NodeAccess<'_>) -> Advertisement {
 }
 
 /// A BLE message link.
-type BleLink = FramedLink<ChannelPort>;
+type BleLink = SecureLink<FramedLink<ChannelPort>>;
 
 /// A conversation and its link, shared between a link's thread and the
 /// mesh's jobs (used by one at a time).
@@ -360,18 +361,19 @@ fn serve_payment(
 }
 
 /// The payer's side: the expected invoice only, then a sync.
+/// `began` is when the connection was handed over (for the log).
 fn pay_over(
     mesh: &MeshHandle,
     link: BleLink,
     expected: Expected,
     peer: &str,
     mtu: u16,
+    began: Instant,
 ) -> Result<MeshPayment, MeshError> {
     let config = PayerConfig {
         send_allowance: true,
         ..PayerConfig::default()
     };
-    let began = Instant::now();
     let session = mesh.with_node(move |a| {
         a.node
             .start_payment(expected.amount, wall_clock(), config)
@@ -398,7 +400,7 @@ fn pay_over(
         _ => MeshPayment::Uncertain,
     };
     eprintln!(
-        "ble: payment to {peer} at MTU {mtu}: {outcome:?}, {:.1} ms from connection to receipt",
+        "ble: payment to {peer} at MTU {mtu}: {outcome:?}, {:.1} ms from connection (key exchange included) to receipt",
         took.as_secs_f64() * 1e3
     );
     if matches!(outcome, MeshPayment::Paid(_)) {
@@ -422,8 +424,46 @@ fn read_intent(link: &mut dyn Link) -> Option<Intent> {
     }
 }
 
-fn framed(port: ChannelPort, mtu: u16) -> BleLink {
-    FramedLink::new(port, FramingConfig::with_mtu(mtu))
+/// Signs a key exchange's transcript with the node's wallet key.
+fn signer(mesh: &MeshHandle) -> impl FnOnce(&[u8]) -> Result<Signature, SecureError> + '_ {
+    move |part| {
+        let part = part.to_vec();
+        mesh.with_node(move |a| a.node.sign_link(&part))
+            .map_err(|e| SecureError::Unavailable(e.to_string()))
+    }
+}
+
+/// Frames `port` and runs the key exchange as the connecting side, with
+/// the node `expect` (its short id) on the other end.
+fn connect_secure(
+    mesh: &MeshHandle,
+    me: &PublicKey,
+    port: ChannelPort,
+    mtu: u16,
+    expect: [u8; 4],
+) -> Result<BleLink, SecureError> {
+    let framed = FramedLink::new(port, FramingConfig::with_mtu(mtu));
+    SecureLink::connect(framed, me, Some(expect), signer(mesh), OPEN_WAIT_MS)
+}
+
+/// Frames `port` and runs the key exchange as the side connected to; a
+/// peer that claimed a short id (the emulated air's hello) must hold the
+/// wallet key it belongs to.
+fn accept_secure(
+    mesh: &MeshHandle,
+    me: &PublicKey,
+    port: ChannelPort,
+    mtu: u16,
+    claimed: Option<[u8; 4]>,
+) -> Result<BleLink, SecureError> {
+    let framed = FramedLink::new(port, FramingConfig::with_mtu(mtu));
+    let link = SecureLink::accept(framed, me, signer(mesh), OPEN_WAIT_MS)?;
+    match claimed {
+        Some(id) if short_id(link.peer()) != id => Err(SecureError::WrongPeer {
+            found: hex::encode(short_id(link.peer())),
+        }),
+        _ => Ok(link),
+    }
 }
 
 /// The transport's state.
@@ -437,6 +477,8 @@ struct Transport<R> {
     advert: Option<Advertisement>,
     pay: Option<PendingPay>,
     started: Instant,
+    /// The node's wallet key.
+    me: PublicKey,
     /// Link threads alive.
     threads: Arc<AtomicUsize>,
 }
@@ -451,7 +493,12 @@ pub fn run<R: Radio>(
     events: BleEvents,
     policy: PolicyConfig,
 ) -> Result<(), MeshError> {
+    let me = match mesh.with_node(|a| a.node.public_key()) {
+        Err(MeshError::Stopped) => return Ok(()),
+        r => r?,
+    };
     let mut t = Transport {
+        me,
         radio,
         mesh,
         events: handle,
@@ -623,10 +670,14 @@ impl<R: Radio> Transport<R> {
         }
         match self.radio.connect(advert.node) {
             Ok(link) => {
-                let mesh = self.mesh.clone();
+                let (mesh, me) = (self.mesh.clone(), self.me);
                 self.on_thread(Some(advert.node), move || {
                     let (peer, mtu) = (link.peer, link.mtu);
-                    let mut link = framed(link.port, mtu);
+                    let Ok(mut link) = connect_secure(&mesh, &me, link.port, mtu, advert.node)
+                        .inspect_err(|e| eprintln!("ble: no secure link to {peer}: {e}"))
+                    else {
+                        return Ok(false);
+                    };
                     if link.send(&Intent::Sync.message()).is_err() {
                         return Ok(false);
                     }
@@ -655,9 +706,13 @@ impl<R: Radio> Transport<R> {
             port,
             mtu,
         } = link;
-        let mesh = self.mesh.clone();
+        let (mesh, me) = (self.mesh.clone(), self.me);
         self.on_thread(node.filter(|_| admitted), move || {
-            let mut link = framed(port, mtu);
+            let Ok(mut link) = accept_secure(&mesh, &me, port, mtu, node)
+                .inspect_err(|e| eprintln!("ble: no secure link with {peer}: {e}"))
+            else {
+                return Ok(false);
+            };
             match read_intent(&mut link) {
                 Some(Intent::Sync) if admitted || node.is_none() => {
                     Ok(sync_over(&mesh, link, &peer, mtu)?.1)
@@ -708,11 +763,6 @@ impl<R: Radio> Transport<R> {
         let Some(p) = self.pay.take() else {
             return;
         };
-        let expected = Expected {
-            amount: p.amount,
-            currency: p.currency,
-            payee: target.node,
-        };
         let link = match self.radio.connect(target.node) {
             Ok(link) => link,
             Err(e) => {
@@ -724,15 +774,28 @@ impl<R: Radio> Transport<R> {
                 return;
             }
         };
-        let mesh = self.mesh.clone();
+        let (mesh, me) = (self.mesh.clone(), self.me);
         self.on_thread(Some(target.node), move || {
-            let (peer, mtu) = (link.peer, link.mtu);
-            let mut link = framed(link.port, mtu);
-            let outcome = match link.send(&Intent::Pay.message()) {
+            let (peer, mtu, began) = (link.peer, link.mtu, Instant::now());
+            let outcome = match connect_secure(&mesh, &me, link.port, mtu, target.node) {
                 Err(e) => Err(MeshError::Ble(format!(
-                    "payee {peer} hung up: {e}; nothing was signed"
+                    "no secure link to payee {peer}: {e}; nothing was signed"
                 ))),
-                Ok(()) => pay_over(&mesh, link, expected, &peer, mtu),
+                Ok(mut link) => {
+                    // The invoice must name the wallet key the link
+                    // authenticated.
+                    let expected = Expected {
+                        amount: p.amount,
+                        currency: p.currency,
+                        payee: *link.peer(),
+                    };
+                    match link.send(&Intent::Pay.message()) {
+                        Err(e) => Err(MeshError::Ble(format!(
+                            "payee {peer} hung up: {e}; nothing was signed"
+                        ))),
+                        Ok(()) => pay_over(&mesh, link, expected, &peer, mtu, began),
+                    }
+                }
             };
             let clean = matches!(outcome, Ok(MeshPayment::Paid(_)));
             let _ = p.reply.send(outcome);
