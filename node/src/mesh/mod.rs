@@ -377,7 +377,9 @@ impl Mesh {
     }
 
     /// Runs a job of a transport beside the mesh; what it changed in the
-    /// ledger is saved and spread to the mesh's peers.
+    /// ledger is spread to the mesh's peers at once (and saved with the
+    /// next tick, or by the transport when its session ends; receipts are
+    /// durable already).
     fn run_job(&mut self, job: api::NodeJob) {
         let before = self.node.ledger().digest();
         let mut access = NodeAccess {
@@ -389,7 +391,6 @@ impl Mesh {
         // happens on the transport's own threads).
         job(&mut access);
         if self.node.ledger().digest() != before {
-            self.save_ledger();
             self.sync_all();
         }
     }
