@@ -360,8 +360,9 @@ fn serve_payment(
     }
 }
 
-/// The payer's side: the expected invoice only, then a sync.
-/// `began` is when the connection was handed over (for the log).
+/// The payer's side: the expected invoice only; returns the outcome and,
+/// after a payment, the link for the sync that follows. `began` is when
+/// the connection was handed over (for the log).
 fn pay_over(
     mesh: &MeshHandle,
     link: BleLink,
@@ -369,7 +370,7 @@ fn pay_over(
     peer: &str,
     mtu: u16,
     began: Instant,
-) -> Result<MeshPayment, MeshError> {
+) -> Result<(MeshPayment, Option<BleLink>), MeshError> {
     let config = PayerConfig {
         send_allowance: true,
         ..PayerConfig::default()
@@ -403,10 +404,10 @@ fn pay_over(
         "ble: payment to {peer} at MTU {mtu}: {outcome:?}, {:.1} ms from connection (key exchange included) to receipt",
         took.as_secs_f64() * 1e3
     );
-    if matches!(outcome, MeshPayment::Paid(_)) {
-        sync_over(mesh, link, peer, mtu)?;
-    }
-    Ok(outcome)
+    // After a payment the two sync on the same link; the caller answers
+    // the user first.
+    let link = matches!(outcome, MeshPayment::Paid(_)).then_some(link);
+    Ok((outcome, link))
 }
 
 /// Waits for the opening message of a connection.
@@ -797,9 +798,17 @@ impl<R: Radio> Transport<R> {
                     }
                 }
             };
-            let clean = matches!(outcome, Ok(MeshPayment::Paid(_)));
+            let (outcome, link) = match outcome {
+                Ok((o, link)) => (Ok(o), link),
+                Err(e) => (Err(e), None),
+            };
+            // A payment refused or declined still used the link cleanly.
+            let completed = outcome.is_ok();
             let _ = p.reply.send(outcome);
-            Ok(clean)
+            match link {
+                Some(link) => Ok(sync_over(&mesh, link, &peer, mtu)?.1),
+                None => Ok(completed),
+            }
         });
     }
 }
