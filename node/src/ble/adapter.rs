@@ -94,7 +94,7 @@ impl Radio for AdapterRadio {
             .lock()
             .map_err(|_| RadioError("internal state poisoned".into()))?
             .get(&node)
-            .cloned()
+            .map(|(id, _)| id.clone())
             .ok_or_else(|| RadioError(format!("node {} not heard", hex::encode(node))))?;
         let adapter = self.adapter.clone();
         let (port, mtu) = self

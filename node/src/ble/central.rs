@@ -79,37 +79,58 @@ pub async fn connect(p: &Peripheral) -> Result<(ChannelPort, u16), BleError> {
     Ok((port, p.mtu()))
 }
 
-/// Where each node heard is, by short id.
-pub type Known = Arc<Mutex<HashMap<[u8; 4], PeripheralId>>>;
+/// Where each node heard is, and what it last advertised, by short id.
+pub type Known = Arc<Mutex<HashMap<[u8; 4], (PeripheralId, Advertisement)>>>;
+
+/// The RSSI BlueZ last measured for `id`.
+async fn rssi(adapter: &Adapter, id: &PeripheralId) -> Result<i16, BleError> {
+    Ok(adapter
+        .peripheral(id)
+        .await?
+        .properties()
+        .await?
+        .and_then(|p| p.rssi)
+        .unwrap_or(i16::MIN))
+}
 
 /// Scans until the adapter's event stream ends, reporting every meshpay
 /// advertisement with its RSSI to `events` and remembering where each
-/// node is in `known`.
+/// node is in `known`. BlueZ reports service data only when it changes,
+/// so a node's RSSI updates are reported too, with the advertisement last
+/// heard from it: the transport sees every node in range as fresh.
 pub async fn scan(adapter: Adapter, known: Known, events: BleHandle) -> Result<(), BleError> {
     let mut stream = adapter.events().await?;
     // Filtered here, on the service data: the advertisement carries the
     // service UUID only there (see advert.rs).
     adapter.start_scan(ScanFilter::default()).await?;
     while let Some(event) = stream.next().await {
-        let CentralEvent::ServiceDataAdvertisement { id, service_data } = event else {
+        let heard = match event {
+            CentralEvent::ServiceDataAdvertisement { id, service_data } => {
+                let Some(data) = service_data.get(&Uuid::from_u128(SERVICE_UUID)) else {
+                    continue;
+                };
+                let Ok(advert) = Advertisement::from_service_data(data) else {
+                    continue;
+                };
+                known
+                    .lock()
+                    .map_err(|_| BleError::Poisoned)?
+                    .insert(advert.node, (id.clone(), advert));
+                Some((id, advert))
+            }
+            CentralEvent::DeviceUpdated(id) => {
+                let known = known.lock().map_err(|_| BleError::Poisoned)?;
+                known
+                    .values()
+                    .find(|(k, _)| *k == id)
+                    .map(|(_, advert)| (id.clone(), *advert))
+            }
+            _ => None,
+        };
+        let Some((id, advert)) = heard else {
             continue;
         };
-        let Some(data) = service_data.get(&Uuid::from_u128(SERVICE_UUID)) else {
-            continue;
-        };
-        let Ok(advert) = Advertisement::from_service_data(data) else {
-            continue;
-        };
-        let peripheral = adapter.peripheral(&id).await?;
-        let rssi = peripheral
-            .properties()
-            .await?
-            .and_then(|p| p.rssi)
-            .unwrap_or(i16::MIN);
-        known
-            .lock()
-            .map_err(|_| BleError::Poisoned)?
-            .insert(advert.node, id);
+        let rssi = rssi(&adapter, &id).await?;
         if !events.report(RadioEvent::Heard { advert, rssi }) {
             return Ok(());
         }

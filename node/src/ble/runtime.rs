@@ -43,6 +43,8 @@ const SYNC_LIMIT_MS: u64 = 30_000;
 const OPEN_WAIT_MS: u64 = 3_000;
 /// How long a nearby payment looks for a payee advertising an invoice.
 const PAYEE_WAIT: Duration = Duration::from_secs(5);
+/// A node not heard for this long is out of range.
+const HEARD_FRESH: Duration = Duration::from_secs(3);
 /// How long a nearby payment listens before it picks the nearest payee:
 /// several advertising intervals, so that every payee in range is heard
 /// with its current state, not only the first.
@@ -737,12 +739,12 @@ impl<R: Radio> Transport<R> {
         if pending.since.elapsed() < TAP_LISTEN {
             return;
         }
-        // Heard since the tap began: an older advertisement may predate
-        // an invoice, or its end.
+        // In range now: heard lately (after TAP_LISTEN, with the state
+        // each payee advertises now).
         let fresh = self
             .heard
             .values()
-            .filter(|h| h.at >= pending.since)
+            .filter(|h| h.at.elapsed() < HEARD_FRESH)
             .map(|h| (&h.advert, h.rssi));
         let target = self.policy.nearest_payee(fresh).copied();
         let ready = target.filter(|t| self.policy.admit(t.node));
