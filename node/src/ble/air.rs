@@ -28,7 +28,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,8 @@ const MTU_RANGE: (u16, u16) = (23, 517);
 /// Path loss at one metre at 2.4 GHz, dB (free space: 20 log10(4 pi / lambda)).
 const LOSS_AT_1M_DB: f64 = 40.0;
 const HELLO_LEN: usize = 8;
+/// Most connections whose hello is still awaited.
+const MAX_HELLOS: usize = 8;
 const DATAGRAM_LEN: usize = LEGACY_ADVERT_LEN + 16;
 
 /// Where and how a node sits in the emulated air.
@@ -269,28 +271,37 @@ fn bridge(stream: UnixStream, mtu: u16) -> std::io::Result<ChannelPort> {
     Ok(port)
 }
 
-/// Accepts centrals until the transport stops.
+/// Accepts centrals until the process ends; each hello is read on a
+/// thread of its own (at most [`MAX_HELLOS`] at once), so a caller that
+/// says nothing holds up nobody.
 fn accept(listener: &UnixListener, me: [u8; 4], mtu: u16, events: &BleHandle) {
+    let pending = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else {
             continue;
         };
-        let link = handshake(&mut stream, me, mtu).and_then(|(peer, mtu)| {
-            Ok(IncomingLink {
-                peer: hex::encode(peer),
-                node: Some(peer),
-                port: bridge(stream, mtu)?,
-                mtu,
-            })
-        });
-        match link {
-            Ok(link) => {
-                if !events.report(RadioEvent::Incoming(link)) {
-                    return;
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "emulated connection refused"),
+        if pending.load(Ordering::SeqCst) >= MAX_HELLOS {
+            continue;
         }
+        pending.fetch_add(1, Ordering::SeqCst);
+        let (pending, events) = (pending.clone(), events.clone());
+        std::thread::spawn(move || {
+            let link = handshake(&mut stream, me, mtu).and_then(|(peer, mtu)| {
+                Ok(IncomingLink {
+                    peer: hex::encode(peer),
+                    node: Some(peer),
+                    port: bridge(stream, mtu)?,
+                    mtu,
+                })
+            });
+            pending.fetch_sub(1, Ordering::SeqCst);
+            match link {
+                Ok(link) => {
+                    events.report(RadioEvent::Incoming(link));
+                }
+                Err(e) => tracing::debug!(error = %e, "emulated connection refused"),
+            }
+        });
     }
 }
 
