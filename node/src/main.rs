@@ -481,7 +481,7 @@ fn main() -> ExitCode {
                     v["ledger_entries"],
                     v["proofs"],
                     v["ledger_digest"].as_str().unwrap_or_default()
-                )
+                ) + &ble_status(&v["ble"])
             });
         }),
         Command::History { dir, json } => control_call(&dir, "GET", "/v1/history", None).map(|v| {
@@ -577,6 +577,37 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The BLE part of `meshpay status`, if the node runs BLE.
+fn ble_status(ble: &Value) -> String {
+    if ble.is_null() {
+        return String::new();
+    }
+    let mut s = format!(
+        "ble node {}{}, {} links; heard:",
+        ble["node"].as_str().unwrap_or_default(),
+        if ble["advertising_invoice"] == true {
+            " (invoice open)"
+        } else {
+            ""
+        },
+        ble["links"]
+    );
+    for h in ble["heard"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            " {} {} dBm{}",
+            h["node"].as_str().unwrap_or_default(),
+            h["rssi"],
+            if h["invoice"] == true {
+                " (invoice)"
+            } else {
+                ""
+            }
+        ));
+    }
+    s.push('\n');
+    s
 }
 
 fn print_out(json: bool, v: &Value, text: impl Fn(&Value) -> String) {

@@ -126,8 +126,9 @@ fn a_tap_pays_the_nearest_payee_over_the_emulated_air() {
     let mut nodes = Nodes(Vec::new());
     let payer = start(&mut nodes, &dirs[0], &air_args(&air, "0,0"));
     // Both payees are in range; "near" is 1 m away, "far" 6 m.
-    start(&mut nodes, &dirs[1], &air_args(&air, "1,0"));
-    start(&mut nodes, &dirs[2], &air_args(&air, "0,6"));
+    let near = start(&mut nodes, &dirs[1], &air_args(&air, "1,0"));
+    let far = start(&mut nodes, &dirs[2], &air_args(&air, "0,6"));
+    let short = |status: &Value| status["wallet"].as_str().expect("wallet")[..8].to_string();
     give_allowance(&issuer_key, &ds[0], &payer["wallet"]);
 
     // No payee has an invoice yet: a tap finds nobody, and signs nothing.
@@ -142,6 +143,35 @@ fn a_tap_pays_the_nearest_payee_over_the_emulated_air() {
     // Both payees open an invoice for 4.50; the payer taps.
     run(&["request", "--data-dir", &ds[1], "4.50", "--memo", "coffee"]);
     run(&["request", "--data-dir", &ds[2], "4.50", "--memo", "tea"]);
+    // The payer hears both invoices, nearest first, at the RSSI free space
+    // gives 1 m and 6 m (-40 and -56 dBm).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ble = json(&["status", "--json", "--data-dir", &ds[0]])["ble"].clone();
+        let heard: Vec<(Value, Value, Value)> = ble["heard"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| (h["node"].clone(), h["rssi"].clone(), h["invoice"].clone()))
+            .collect();
+        let expected = vec![
+            (
+                Value::from(short(&near)),
+                Value::from(-40),
+                Value::from(true),
+            ),
+            (
+                Value::from(short(&far)),
+                Value::from(-56),
+                Value::from(true),
+            ),
+        ];
+        if heard == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "payer hears {heard:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let paid = json(&[
         "pay",
         "--nearby",

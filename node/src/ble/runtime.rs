@@ -117,10 +117,37 @@ enum Event {
 }
 
 /// Feeds a running BLE transport: radio events, and nearby payments from
-/// the mesh (the control API asks the mesh).
+/// the mesh (the control API asks the mesh); reads what it hears.
 #[derive(Debug, Clone)]
 pub struct BleHandle {
     tx: mpsc::Sender<Event>,
+    status: Arc<Mutex<BleStatus>>,
+}
+
+/// What the BLE transport sees, for `meshpay status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BleStatus {
+    /// This node's advertisement: short id (hex).
+    pub node: String,
+    /// Whether it advertises an invoice now.
+    pub advertising_invoice: bool,
+    /// Links open now.
+    pub links: usize,
+    /// Nodes heard in the last few seconds, nearest first.
+    pub heard: Vec<HeardNode>,
+}
+
+/// A node heard advertising.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HeardNode {
+    /// Its short id (hex).
+    pub node: String,
+    /// Received signal strength, dBm.
+    pub rssi: i16,
+    /// It advertises an invoice.
+    pub invoice: bool,
+    /// Its ledger digest's first 4 bytes (hex).
+    pub digest: String,
 }
 
 /// The transport's end of [`channel`].
@@ -143,10 +170,16 @@ impl BleEvents {
 /// A handle and the events it feeds.
 pub fn channel() -> (BleHandle, BleEvents) {
     let (tx, rx) = mpsc::channel();
-    (BleHandle { tx }, BleEvents { rx })
+    let status = Arc::default();
+    (BleHandle { tx, status }, BleEvents { rx })
 }
 
 impl BleHandle {
+    /// What the transport sees now.
+    pub fn status(&self) -> BleStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     /// Reports a radio event; `false` once the transport has stopped.
     pub fn report(&self, event: RadioEvent) -> bool {
         self.tx.send(Event::Radio(event)).is_ok()
@@ -609,7 +642,8 @@ impl<R: Radio> Transport<R> {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Brings the advertisement up to date with the node.
+    /// Brings the advertisement up to date with the node, and the status
+    /// with what was heard.
     fn refresh(&mut self) -> Result<(), MeshError> {
         let advert = self.mesh.with_node(|a| advert_of(a))?;
         if self.advert != Some(advert) {
@@ -617,6 +651,26 @@ impl<R: Radio> Transport<R> {
                 Ok(()) => self.advert = Some(advert),
                 Err(e) => tracing::warn!(error = %e, "could not advertise"),
             }
+        }
+        self.heard.retain(|_, h| h.at.elapsed() < HEARD_FRESH);
+        let mut heard: Vec<&Heard> = self.heard.values().collect();
+        heard.sort_by_key(|h| h.advert.path_loss(h.rssi));
+        let status = BleStatus {
+            node: hex::encode(advert.node),
+            advertising_invoice: advert.flags.invoice,
+            links: self.policy.links(),
+            heard: heard
+                .into_iter()
+                .map(|h| HeardNode {
+                    node: hex::encode(h.advert.node),
+                    rssi: h.rssi,
+                    invoice: h.advert.flags.invoice,
+                    digest: hex::encode(h.advert.digest),
+                })
+                .collect(),
+        };
+        if let Ok(mut s) = self.events.status.lock() {
+            *s = status;
         }
         Ok(())
     }

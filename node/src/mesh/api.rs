@@ -98,6 +98,8 @@ pub struct Status {
     pub carried: usize,
     /// Successful uploads to settlement (gateways only).
     pub uplinks: u64,
+    /// What the Bluetooth LE transport sees, if the node runs one.
+    pub ble: Option<crate::ble::runtime::BleStatus>,
 }
 
 /// One receipt this node is party to.

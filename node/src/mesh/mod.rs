@@ -478,6 +478,7 @@ impl Mesh {
             outbox: self.outbox_len().unwrap_or(0),
             carried: self.node.store().carried().map_or(0, |c| c.len()),
             uplinks: self.uplinks,
+            ble: self.config.ble.as_ref().map(|b| b.status()),
         }
     }
 
