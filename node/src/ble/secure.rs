@@ -398,6 +398,60 @@ impl<L: Link> SecureLink<L> {
     }
 }
 
+/// Carries the next message from `from` to `to`, two ends of one link
+/// that share a clock (an emulated or in-memory pair), in one thread.
+fn pass<L: Link>(from: &mut L, to: &mut L) -> Result<Vec<u8>, SecureError> {
+    loop {
+        if let Some(m) = to.try_recv()? {
+            return Ok(m);
+        }
+        // Let the sender take credit grants.
+        from.try_recv()?;
+        if to.wait(None)? == Wait::Idle {
+            return Err(SecureError::TimedOut);
+        }
+    }
+}
+
+/// Runs the whole exchange between the two ends of one link that share a
+/// clock (an emulated pair: tests and the benchmark), `initiator` holding
+/// end `a`; returns both ends secured.
+pub fn establish_pair<L: Link>(
+    mut a: L,
+    mut b: L,
+    initiator: &meshpay_proto::prelude::SecretKey,
+    responder: &meshpay_proto::prelude::SecretKey,
+) -> Result<(SecureLink<L>, SecureLink<L>), SecureError> {
+    let (state, hello) = Initiator::start(&initiator.public())?;
+    a.send(&hello)?;
+    let hello = pass(&mut a, &mut b)?;
+    let answering = Answering::hello(&hello, &responder.public())?;
+    let signature = responder.sign(SIGNATURE_TAG, &signed_part(false, &answering.th));
+    let (answered, answer) = answering.answer(&signature)?;
+    b.send(&answer)?;
+    let answer = pass(&mut b, &mut a)?;
+    let (r_pub, th) = state.answer(&answer)?;
+    let signature = initiator.sign(SIGNATURE_TAG, &signed_part(true, &th));
+    let (a_keys, finish) = state.finish(&answer, &th, &signature)?;
+    a.send(&finish)?;
+    let finish = pass(&mut a, &mut b)?;
+    let (b_keys, i_pub) = answered.finish(&finish)?;
+    Ok((
+        SecureLink {
+            inner: a,
+            keys: a_keys,
+            peer: r_pub,
+            broken: false,
+        },
+        SecureLink {
+            inner: b,
+            keys: b_keys,
+            peer: i_pub,
+            broken: false,
+        },
+    ))
+}
+
 impl<L: Link> Link for SecureLink<L> {
     fn send(&mut self, message: &[u8]) -> Result<(), LinkError> {
         if self.broken {
@@ -467,30 +521,15 @@ mod tests {
         move |part| Ok(key.sign(SIGNATURE_TAG, part))
     }
 
-    /// Both ends of an exchange run in one thread over the sans-I/O steps;
-    /// the two secure ends over a memory link.
+    /// Both ends, secured over a memory link.
     fn pair(
         i_key: &SecretKey,
         r_key: &SecretKey,
     ) -> (SecureLink<MemoryLink>, SecureLink<MemoryLink>) {
-        let (initiator, hello) = Initiator::start(&i_key.public()).expect("in a test");
-        let answering = Answering::hello(&hello, &r_key.public()).expect("in a test");
-        let r_sig = r_key.sign(SIGNATURE_TAG, &signed_part(false, &answering.th));
-        let (answered, answer) = answering.answer(&r_sig).expect("in a test");
-        let (r_pub, th) = initiator.answer(&answer).expect("in a test");
-        assert_eq!(r_pub, r_key.public());
-        let i_sig = i_key.sign(SIGNATURE_TAG, &signed_part(true, &th));
-        let (i_keys, finish) = initiator.finish(&answer, &th, &i_sig).expect("in a test");
-        let (r_keys, i_pub) = answered.finish(&finish).expect("in a test");
-        assert_eq!(i_pub, i_key.public());
         let (a, b) = MemoryLink::pair();
-        let wrap = |inner, keys, peer| SecureLink {
-            inner,
-            keys,
-            peer,
-            broken: false,
-        };
-        (wrap(a, i_keys, r_pub), wrap(b, r_keys, i_pub))
+        let (a, b) = establish_pair(a, b, i_key, r_key).expect("in a test");
+        assert_eq!((a.peer, b.peer), (r_key.public(), i_key.public()));
+        (a, b)
     }
 
     #[test]
