@@ -104,6 +104,7 @@ impl Radio for AdapterRadio {
                 central::connect(&p).await
             })
             .map_err(|e| RadioError(e.to_string()))?;
+        tracing::info!(node = %hex::encode(node), mtu, "connected");
         Ok(IncomingLink {
             peer: hex::encode(node),
             node: Some(node),
