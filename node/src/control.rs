@@ -7,6 +7,7 @@
 //! | GET | /v1/status | | node status |
 //! | POST | /v1/request | `{"amount": 450, "currency": "EUR", "memo": "coffee"}` | `{"token", "invoice", "peer_id"}` |
 //! | POST | /v1/pay | `{"token": "..."}` | `{"Paid": id}`, `{"Refused": rule}`, ... |
+//! | POST | /v1/pay | `{"nearby": {"amount": 450, "currency": "EUR"}}` | the same, paid over BLE to the nearest payee with an invoice |
 //! | GET | /v1/history | | receipts |
 //! | GET | /v1/ledger | | the partial ledger |
 //! | POST | /v1/allowances | `{"allowance": "<hex>"}` | `{}` |
@@ -40,7 +41,7 @@ pub(crate) fn bad(message: impl ToString) -> Reply {
 
 fn failed(e: MeshError) -> Reply {
     let code = match e {
-        MeshError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+        MeshError::Unreachable { .. } | MeshError::Ble(_) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (code, Json(json!({ "error": e.to_string() })))
@@ -85,7 +86,17 @@ struct RequestBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PayBody {
-    token: String,
+    /// An invoice token, paid over the mesh.
+    token: Option<String>,
+    /// Or: the nearest payee over BLE, for this amount.
+    nearby: Option<NearbyBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NearbyBody {
+    amount: u64,
+    currency: String,
 }
 
 #[derive(Deserialize)]
@@ -142,11 +153,27 @@ async fn pay(State(h): State<MeshHandle>, body: Body<PayBody>) -> Reply {
         Ok(b) => b,
         Err(reply) => return reply,
     };
-    let (peer, invoice) = match parse_token(&body.token) {
-        Ok(t) => t,
-        Err(e) => return bad(e),
-    };
-    h.pay(invoice, peer).await.map_or_else(failed, ok)
+    match (body.token, body.nearby) {
+        (Some(token), None) => {
+            let (peer, invoice) = match parse_token(&token) {
+                Ok(t) => t,
+                Err(e) => return bad(e),
+            };
+            h.pay(invoice, peer).await.map_or_else(failed, ok)
+        }
+        (None, Some(nearby)) => {
+            if nearby.amount == 0 {
+                return bad("amount must be positive");
+            }
+            let Some(currency) = Currency::new(&nearby.currency) else {
+                return bad("currency must be three upper-case letters");
+            };
+            h.pay_nearby(nearby.amount, currency)
+                .await
+                .map_or_else(failed, ok)
+        }
+        _ => bad("give either a token or nearby"),
+    }
 }
 
 async fn history(State(h): State<MeshHandle>) -> Reply {

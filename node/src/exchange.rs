@@ -22,10 +22,42 @@ use crate::transport::{Link, LinkError, Wait};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Channel {
+    /// The opening of a connection: what the connecting side wants
+    /// ([`Intent`]), one byte after the channel's.
+    Open = 0,
     /// The payment handshake ([`PaymentMessage`]s).
     Payment = 1,
     /// A ledger sync session (sync frames).
     Sync = 2,
+}
+
+/// What the connecting side wants, sent once on [`Channel::Open`] as the
+/// first message of a connection (the side that is connected to cannot
+/// tell otherwise: the payee speaks first in a payment, either side in a
+/// sync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Intent {
+    /// Pay the pending invoice of the side connected to, then sync.
+    Pay = 1,
+    /// Sync ledgers.
+    Sync = 2,
+}
+
+impl Intent {
+    /// The opening message.
+    pub fn message(self) -> [u8; 2] {
+        [Channel::Open as u8, self as u8]
+    }
+
+    /// Reads an opening message.
+    pub fn from_message(message: &[u8]) -> Option<Intent> {
+        match message {
+            [0, 1] => Some(Intent::Pay),
+            [0, 2] => Some(Intent::Sync),
+            _ => None,
+        }
+    }
 }
 
 /// Why an exchange ended early.
@@ -96,12 +128,62 @@ macro_rules! payment_plumbing {
 #[derive(Debug)]
 pub struct PayerSide {
     session: PayerSession,
+    expected: Option<Expected>,
+    declined: Option<String>,
+}
+
+/// The invoice a payer agreed to before it arrived (a tap: the user typed
+/// the amount, the payee's invoice comes over the link). Any other is
+/// declined, and nothing is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// Amount in minor units.
+    pub amount: u64,
+    /// Currency.
+    pub currency: Currency,
+    /// The payee's wallet key (over BLE: the one the link's key exchange
+    /// authenticated).
+    pub payee: PublicKey,
+}
+
+impl Expected {
+    /// `None` if `invoice` is the one expected, else why not.
+    fn mismatch(&self, invoice: &Invoice) -> Option<String> {
+        if invoice.payee != self.payee {
+            return Some("the invoice names another payee than the one connected to".into());
+        }
+        if invoice.amount != self.amount || invoice.currency != self.currency {
+            return Some(format!(
+                "the payee asks {} {}, not the {} {} agreed",
+                invoice.amount, invoice.currency, self.amount, self.currency
+            ));
+        }
+        None
+    }
 }
 
 impl PayerSide {
-    /// Wraps a session from [`Node::start_payment`].
+    /// Wraps a session from [`Node::start_payment`]; whatever invoice
+    /// arrives is confirmed (starting the exchange is the user's consent).
     pub fn new(session: PayerSession) -> Self {
-        PayerSide { session }
+        PayerSide {
+            session,
+            expected: None,
+            declined: None,
+        }
+    }
+
+    /// Wraps a session that confirms only the `expected` invoice.
+    pub fn expecting(session: PayerSession, expected: Expected) -> Self {
+        PayerSide {
+            expected: Some(expected),
+            ..PayerSide::new(session)
+        }
+    }
+
+    /// Why the invoice that arrived was declined, if it was.
+    pub fn declined(&self) -> Option<&str> {
+        self.declined.as_deref()
     }
 
     /// The payment's state.
@@ -127,9 +209,18 @@ impl Conversation for PayerSide {
             // machine's state is unchanged.
             tracing::debug!(error = %e, "payment message ignored");
         }
-        if node.drive_payer(&mut self.session, now)?.is_some() {
-            self.session.confirm()?;
-            node.drive_payer(&mut self.session, now)?;
+        if let Some(invoice) = node.drive_payer(&mut self.session, now)? {
+            match self.expected.as_ref().and_then(|e| e.mismatch(&invoice)) {
+                None => {
+                    self.session.confirm()?;
+                    node.drive_payer(&mut self.session, now)?;
+                }
+                Some(why) => {
+                    tracing::info!(%why, "invoice declined");
+                    self.session.decline()?;
+                    self.declined = Some(why);
+                }
+            }
         }
         Ok(())
     }
@@ -170,6 +261,11 @@ impl PayeeSide {
     /// Transfers refused so far, with the reason.
     pub fn refused(&self) -> &[PaymentError] {
         &self.refused
+    }
+
+    /// The session back (to answer a repeated transfer later).
+    pub fn into_session(self) -> PayeeSession {
+        self.session
     }
 }
 
@@ -293,7 +389,9 @@ fn millis(us: u64) -> Millis {
 /// Moves everything that can move now on one side: outgoing messages onto
 /// the link, arrived messages into the conversation, due timers. Returns
 /// whether anything moved.
-fn pump(side: &mut Side<'_>) -> Result<bool, ExchangeError> {
+/// With `leave_rest`, a side that is done takes no further message: what
+/// follows on the link belongs to the next conversation on it.
+fn pump(side: &mut Side<'_>, leave_rest: bool) -> Result<bool, ExchangeError> {
     let channel = side.conversation.channel() as u8;
     let mut moved = false;
     loop {
@@ -304,6 +402,9 @@ fn pump(side: &mut Side<'_>) -> Result<bool, ExchangeError> {
             message.extend_from_slice(&body);
             side.link.send(&message)?;
             step = true;
+        }
+        if leave_rest && side.conversation.is_done() {
+            return Ok(moved || step);
         }
         let received = match side.link.try_recv() {
             Ok(m) => m,
@@ -354,7 +455,7 @@ pub fn drive_pair(mut a: Side<'_>, mut b: Side<'_>, limit_ms: u64) -> Result<End
     let start = a.link.now_us();
     let limit_us = start.saturating_add(limit_ms.saturating_mul(1000));
     loop {
-        let moved = pump(&mut a)? | pump(&mut b)?;
+        let moved = pump(&mut a, false)? | pump(&mut b, false)?;
         let (a_done, b_done) = (a.conversation.is_done(), b.conversation.is_done());
         if a_done && b_done {
             return Ok(Ended::Finished);
@@ -383,6 +484,14 @@ pub fn drive_pair(mut a: Side<'_>, mut b: Side<'_>, limit_ms: u64) -> Result<End
     }
 }
 
+/// Moves everything that can move now on one end of an exchange against a
+/// remote peer (what [`drive`] does between two waits): for a caller that
+/// reaches the node only now and then and waits on the link itself.
+/// Returns whether anything moved.
+pub fn step(side: &mut Side<'_>) -> Result<bool, ExchangeError> {
+    pump(side, true)
+}
+
 /// Runs one end of an exchange against a remote peer until the
 /// conversation is done and its last messages have left this end, or
 /// `limit_ms` of link time has passed.
@@ -390,7 +499,7 @@ pub fn drive(mut side: Side<'_>, limit_ms: u64) -> Result<Ended, ExchangeError> 
     let start = side.link.now_us();
     let limit_us = start.saturating_add(limit_ms.saturating_mul(1000));
     loop {
-        let moved = pump(&mut side)?;
+        let moved = pump(&mut side, true)?;
         let done = side.conversation.is_done();
         // Done, and the last messages have left (not held for credit):
         // the caller may close the link.

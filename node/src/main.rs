@@ -134,12 +134,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Pay an invoice token from a running node (it is the payer).
+    /// Pay an invoice token from a running node (it is the payer), or with
+    /// --nearby the nearest payee advertising an invoice over BLE (a tap).
     Pay {
         #[command(flatten)]
         dir: Dir,
         /// The token `meshpay request` printed.
-        token: String,
+        #[arg(required_unless_present = "nearby", conflicts_with = "nearby")]
+        token: Option<String>,
+        /// Pay the nearest payee that advertises an invoice over Bluetooth
+        /// LE; only an invoice for exactly --amount is signed.
+        #[arg(long, requires = "amount")]
+        nearby: bool,
+        /// The amount agreed, e.g. 4.50 (with --nearby).
+        #[arg(long, requires = "nearby")]
+        amount: Option<String>,
+        /// Currency or voucher code (with --nearby).
+        #[arg(long, default_value = "EUR")]
+        currency: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -264,9 +276,26 @@ enum NodeAction {
         sync_interval: Option<u64>,
         #[command(flatten)]
         unlock: Unlock,
-        /// Run on Bluetooth LE instead of the LAN mesh (see docs/ble.md).
+        /// Also run Bluetooth LE on this machine's adapter, beside the LAN
+        /// mesh (see docs/ble.md).
         #[arg(long)]
         ble: bool,
+        /// Run Bluetooth LE on the emulated air in DIR instead of an
+        /// adapter: processes on this machine meet through Unix sockets
+        /// there (an emulation, for tests; see docs/ble.md).
+        #[arg(long, value_name = "DIR", conflicts_with = "ble")]
+        ble_emulated: Option<PathBuf>,
+        /// This node's place in the emulated air, metres: X,Y.
+        #[arg(
+            long,
+            value_name = "X,Y",
+            default_value = "0,0",
+            requires = "ble_emulated"
+        )]
+        ble_position: String,
+        /// The ATT MTU this node supports in the emulated air (23 to 517).
+        #[arg(long, default_value_t = 247, requires = "ble_emulated")]
+        ble_mtu: u16,
     },
 }
 
@@ -406,8 +435,12 @@ fn main() -> ExitCode {
                     sync_interval,
                     unlock,
                     ble,
+                    ble_emulated,
+                    ble_position,
+                    ble_mtu,
                 },
-        } => run_node(&dir, &net, sync_interval, &unlock, ble),
+        } => ble_choice(ble, ble_emulated, &ble_position, ble_mtu)
+            .and_then(|radio| run_node(&dir, &net, sync_interval, &unlock, radio)),
         Command::Request { dir, amount, currency, memo, json } => {
             parse_amount(&amount).and_then(|amount| {
                 let body = json!({ "amount": amount, "currency": currency, "memo": memo });
@@ -416,8 +449,14 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Pay { dir, token, json } => {
-            control_call(&dir, "POST", "/v1/pay", Some(&json!({ "token": token }))).map(|v| {
+        Command::Pay { dir, token, nearby, amount, currency, json } => {
+            let body = match (token, nearby, amount) {
+                (Some(token), false, _) => Ok(json!({ "token": token })),
+                (None, true, Some(amount)) => parse_amount(&amount)
+                    .map(|amount| json!({ "nearby": { "amount": amount, "currency": currency } })),
+                _ => Err("give a token, or --nearby --amount AMOUNT".to_string()),
+            };
+            body.and_then(|body| control_call(&dir, "POST", "/v1/pay", Some(&body))).map(|v| {
                 print_out(json, &v, |v| {
                     if let Some(id) = v["Paid"].as_str() {
                         format!("paid: transfer {id}\n")
@@ -442,7 +481,7 @@ fn main() -> ExitCode {
                     v["ledger_entries"],
                     v["proofs"],
                     v["ledger_digest"].as_str().unwrap_or_default()
-                )
+                ) + &ble_status(&v["ble"])
             });
         }),
         Command::History { dir, json } => control_call(&dir, "GET", "/v1/history", None).map(|v| {
@@ -540,6 +579,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// The BLE part of `meshpay status`, if the node runs BLE.
+fn ble_status(ble: &Value) -> String {
+    if ble.is_null() {
+        return String::new();
+    }
+    let mut s = format!(
+        "ble node {}{}, {} links; heard:",
+        ble["node"].as_str().unwrap_or_default(),
+        if ble["advertising_invoice"] == true {
+            " (invoice open)"
+        } else {
+            ""
+        },
+        ble["links"]
+    );
+    for h in ble["heard"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            " {} {} dBm{}",
+            h["node"].as_str().unwrap_or_default(),
+            h["rssi"],
+            if h["invoice"] == true {
+                " (invoice)"
+            } else {
+                ""
+            }
+        ));
+    }
+    s.push('\n');
+    s
+}
+
 fn print_out(json: bool, v: &Value, text: impl Fn(&Value) -> String) {
     if json {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -633,18 +703,46 @@ fn init(dir: &Dir, issuer: String, net: &Net, seal: Option<&Unlock>) -> Result<(
     Ok(())
 }
 
+/// The radio `node run` is asked for, if any.
+fn ble_choice(
+    ble: bool,
+    emulated: Option<PathBuf>,
+    position: &str,
+    mtu: u16,
+) -> Result<Option<meshpay_node::ble::RadioChoice>, String> {
+    use meshpay_node::ble::{RadioChoice, air::AirConfig};
+    if ble {
+        // Before anything else: a machine without Bluetooth gets the
+        // doctor's explanation, not a D-Bus error.
+        meshpay_node::ble::preflight()?;
+        return Ok(Some(RadioChoice::Adapter));
+    }
+    let Some(dir) = emulated else {
+        return Ok(None);
+    };
+    let bad = || format!("--ble-position {position:?}: write it as X,Y in metres, e.g. 1.5,0");
+    let (x, y) = position.split_once(',').ok_or_else(bad)?;
+    let coordinate = |c: &str| {
+        c.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(bad)
+    };
+    Ok(Some(RadioChoice::Emulated(AirConfig {
+        dir,
+        position: (coordinate(x)?, coordinate(y)?),
+        mtu,
+    })))
+}
+
 fn run_node(
     dir: &Dir,
     net: &Net,
     sync_interval: Option<u64>,
     unlock: &Unlock,
-    ble: bool,
+    radio: Option<meshpay_node::ble::RadioChoice>,
 ) -> Result<(), String> {
-    if ble {
-        // Before anything else: a machine without Bluetooth gets the
-        // doctor's explanation, not a D-Bus error.
-        meshpay_node::ble::preflight()?;
-    }
     let data = DataDir(dir.data_dir.clone());
     let config = data.config().map_err(|e| e.to_string())?;
     let key = unlock.key(&data)?;
@@ -672,9 +770,8 @@ fn run_node(
         .map_err(|e| format!("bad control address: {e}"))?;
     let node = Node::open("node", &data.database(), key, TrustStore::new(issuer))
         .map_err(|e| e.to_string())?;
-    if ble {
-        return meshpay_node::ble::run(node);
-    }
+    let wallet = node.public_key();
+    let ble = radio.map(|r| (r, meshpay_node::ble::runtime::channel()));
     let mesh_config = MeshConfig {
         listen,
         peers,
@@ -689,11 +786,18 @@ fn run_node(
             }
             None => None,
         },
+        ble: ble.as_ref().map(|(_, (handle, _))| handle.clone()),
         ..MeshConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let (handle, task) = Mesh::spawn(node, mesh_config).map_err(|e| e.to_string())?;
+        if let Some((radio, (ble, events))) = ble {
+            let mesh = handle.clone();
+            tokio::task::block_in_place(|| {
+                meshpay_node::ble::start(radio, wallet, mesh, ble, events)
+            })?;
+        }
         let bound = control::serve(control, handle.clone())
             .await
             .map_err(|e| e.to_string())?;

@@ -113,6 +113,13 @@ impl Node {
         self.key.public()
     }
 
+    /// Signs the transcript of a BLE link's key exchange with the wallet
+    /// key (domain-separated: the signature is good for nothing else; see
+    /// [`crate::ble::secure`]).
+    pub fn sign_link(&self, transcript: &[u8]) -> Signature {
+        self.key.sign(crate::ble::secure::SIGNATURE_TAG, transcript)
+    }
+
     /// The partial ledger.
     pub fn ledger(&self) -> &PartialLedger {
         &self.ledger

@@ -52,6 +52,10 @@ pub enum LinkError {
     /// The peer broke the BLE framing rules; the link is closed.
     #[error("peer broke the framing: {0}")]
     Framing(#[from] FramingError),
+    /// A message failed its authentication (altered, replayed, reordered
+    /// or forged on the way); the link is closed.
+    #[error("a message failed its authentication; the link is closed")]
+    Tampered,
 }
 
 /// A bidirectional message link to one peer.

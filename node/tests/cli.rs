@@ -2,15 +2,15 @@
 //! person would: an issuer signs an allowance, one node pays another over
 //! the libp2p mesh, and every node's ledger converges.
 
-mod procs;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use procs::{Procs as Nodes, meshpay, run, run_json as json};
-
 use serde_json::Value;
+
+mod process;
+
+use process::{Nodes, await_status, json, meshpay, run};
 
 fn start(nodes: &mut Nodes, dir: &Path, peers: &[String]) -> Value {
     start_on(nodes, dir, peers, "/ip4/127.0.0.1/tcp/0")
@@ -26,24 +26,7 @@ fn free_port() -> u16 {
 
 fn start_on(nodes: &mut Nodes, dir: &Path, peers: &[String], listen: &str) -> Value {
     nodes.0.push(spawn_on(dir, peers, listen));
-    let d = dir.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if dir.join("control.addr").exists() {
-            let out = meshpay()
-                .args(["status", "--json", "--data-dir", &d])
-                .output()
-                .expect("status");
-            if out.status.success() {
-                let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-                if v["listening"].as_array().is_some_and(|l| !l.is_empty()) {
-                    return v;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "node in {d} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    await_status(dir, None)
 }
 
 fn stop(nodes: &mut Nodes, index: usize) {

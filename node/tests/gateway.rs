@@ -4,12 +4,12 @@
 //! them, every receipt settles, and the acknowledgement travels back so
 //! that every node's outbox empties and c drops what it carried.
 
-mod procs;
+mod process;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use procs::{Procs, run, status, wait_file};
+use process::{Nodes as Procs, run, status, wait_file};
 
 use meshpay_proto::prelude::*;
 use serde_json::{Value, json};

@@ -1,23 +1,24 @@
-//! The central role with btleplug: scan for meshpay advertisements, ask
-//! the [`ConnectionPolicy`] whom to connect to, connect, check the
-//! service's version, subscribe to notifications, and bridge the
-//! connection to a [`ChannelPort`] for the exchange.
+//! The central role with btleplug: scan for meshpay advertisements and
+//! report each with its RSSI (the runtime's [`ConnectionPolicy`](super::policy::ConnectionPolicy)
+//! decides whom to connect to); connect, check the service's version,
+//! subscribe to notifications, and bridge the connection to a
+//! [`ChannelPort`] for the exchange.
 
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use btleplug::api::{
     Central as _, CentralEvent, Characteristic, Manager as _, Peripheral as _, ScanFilter,
     WriteType,
 };
-use btleplug::platform::{Adapter, Manager, Peripheral};
+use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use futures::StreamExt;
 use uuid::Uuid;
 
+use super::adapter::BleError;
 use super::advert::Advertisement;
 use super::framing::VERSION;
-use super::policy::{ConnectionPolicy, Decision, OwnState};
-use super::runtime::{BleError, IncomingLink};
+use super::runtime::{BleHandle, RadioEvent};
 use super::{ChannelPort, RX_UUID, SERVICE_UUID, TX_UUID, VERSION_UUID};
 
 /// The first Bluetooth adapter.
@@ -78,69 +79,60 @@ pub async fn connect(p: &Peripheral) -> Result<(ChannelPort, u16), BleError> {
     Ok((port, p.mtu()))
 }
 
-/// Scans until the adapter's event stream ends, connecting to the nodes
-/// the policy picks and handing each link to `links`.
-pub async fn scan(
-    adapter: Adapter,
-    own: Arc<Mutex<OwnState>>,
-    policy: Arc<Mutex<ConnectionPolicy>>,
-    links: mpsc::Sender<IncomingLink>,
-) -> Result<(), BleError> {
-    let started = Instant::now();
-    let mut events = adapter.events().await?;
+/// Where each node heard is, and what it last advertised, by short id.
+pub type Known = Arc<Mutex<HashMap<[u8; 4], (PeripheralId, Advertisement)>>>;
+
+/// The RSSI BlueZ last measured for `id`.
+async fn rssi(adapter: &Adapter, id: &PeripheralId) -> Result<i16, BleError> {
+    Ok(adapter
+        .peripheral(id)
+        .await?
+        .properties()
+        .await?
+        .and_then(|p| p.rssi)
+        .unwrap_or(i16::MIN))
+}
+
+/// Scans until the adapter's event stream ends, reporting every meshpay
+/// advertisement with its RSSI to `events` and remembering where each
+/// node is in `known`. BlueZ reports service data only when it changes,
+/// so a node's RSSI updates are reported too, with the advertisement last
+/// heard from it: the transport sees every node in range as fresh.
+pub async fn scan(adapter: Adapter, known: Known, events: BleHandle) -> Result<(), BleError> {
+    let mut stream = adapter.events().await?;
     // Filtered here, on the service data: the advertisement carries the
     // service UUID only there (see advert.rs).
     adapter.start_scan(ScanFilter::default()).await?;
-    while let Some(event) = events.next().await {
-        let CentralEvent::ServiceDataAdvertisement { id, service_data } = event else {
-            continue;
-        };
-        let Some(data) = service_data.get(&Uuid::from_u128(SERVICE_UUID)) else {
-            continue;
-        };
-        let Ok(advert) = Advertisement::from_service_data(data) else {
-            continue;
-        };
-        let peripheral = adapter.peripheral(&id).await?;
-        let rssi = peripheral
-            .properties()
-            .await?
-            .and_then(|p| p.rssi)
-            .unwrap_or(i16::MIN);
-        let now_ms = started.elapsed().as_millis() as u64;
-        let own_state = *own.lock().map_err(|_| BleError::Poisoned)?;
-        {
-            let mut policy = policy.lock().map_err(|_| BleError::Poisoned)?;
-            match policy.decide(&own_state, &advert, rssi, now_ms) {
-                Decision::Connect if policy.admit(advert.node) => {}
-                Decision::Connect => continue,
-                Decision::Skip(why) => {
-                    tracing::trace!(node = %hex::encode(advert.node), ?why, "not connecting");
+    while let Some(event) = stream.next().await {
+        let heard = match event {
+            CentralEvent::ServiceDataAdvertisement { id, service_data } => {
+                let Some(data) = service_data.get(&Uuid::from_u128(SERVICE_UUID)) else {
                     continue;
-                }
-            }
-        }
-        match connect(&peripheral).await {
-            Ok((port, mtu)) => {
-                tracing::info!(node = %hex::encode(advert.node), mtu, rssi, "connected");
-                let link = IncomingLink {
-                    peer: hex::encode(advert.node),
-                    node: Some(advert.node),
-                    port,
-                    mtu,
                 };
-                if links.send(link).is_err() {
-                    return Ok(());
-                }
-            }
-            Err(e) => {
-                tracing::info!(node = %hex::encode(advert.node), error = %e, "connection failed; backing off");
-                let now_ms = started.elapsed().as_millis() as u64;
-                policy
+                let Ok(advert) = Advertisement::from_service_data(data) else {
+                    continue;
+                };
+                known
                     .lock()
                     .map_err(|_| BleError::Poisoned)?
-                    .closed(advert.node, false, now_ms);
+                    .insert(advert.node, (id.clone(), advert));
+                Some((id, advert))
             }
+            CentralEvent::DeviceUpdated(id) => {
+                let known = known.lock().map_err(|_| BleError::Poisoned)?;
+                known
+                    .values()
+                    .find(|(k, _)| *k == id)
+                    .map(|(_, advert)| (id.clone(), *advert))
+            }
+            _ => None,
+        };
+        let Some((id, advert)) = heard else {
+            continue;
+        };
+        let rssi = rssi(&adapter, &id).await?;
+        if !events.report(RadioEvent::Heard { advert, rssi }) {
+            return Ok(());
         }
     }
     Ok(())

@@ -15,26 +15,35 @@
 //!   [`PacketPort`]; payments and syncs run over it through
 //!   [`crate::exchange`], unchanged.
 //! - [`advert`]: the 31-byte advertisement; [`policy`]: when to connect.
+//! - [`runtime`]: the transport of a running node, beside the libp2p
+//!   mesh and on the mesh's node: syncs, nearby payments, the
+//!   advertisement kept up to date, over any [`runtime::Radio`].
+//! - Radios: this machine's adapter ([`adapter`], with the feature), or
+//!   the emulated air between processes ([`air`], for tests).
 //! - [`emulated`]: a deterministic emulated connection for tests,
 //!   benchmarks and the simulator.
 //! - [`doctor`]: what this machine lacks for BLE, in plain words.
 //!
-//! Everything but the two roles is portable code, built and tested
-//! without the feature.
+//! Everything but the adapter's two roles is portable code, built and
+//! tested without the feature.
 
 pub mod advert;
+#[cfg(unix)]
+pub mod air;
 pub mod doctor;
 pub mod emulated;
 pub mod framing;
 mod link;
 pub mod policy;
+pub mod runtime;
+pub mod secure;
 
+#[cfg(feature = "ble")]
+pub mod adapter;
 #[cfg(feature = "ble")]
 pub mod central;
 #[cfg(feature = "ble")]
 pub mod peripheral;
-#[cfg(feature = "ble")]
-pub mod runtime;
 
 pub use link::{ChannelPort, FramedLink, PacketPort};
 
@@ -109,18 +118,80 @@ pub fn preflight() -> Result<(), String> {
     }
 }
 
-/// Runs `node` on BLE until interrupted (after [`preflight`]).
-pub fn run(node: crate::node::Node) -> Result<(), String> {
-    #[cfg(feature = "ble")]
-    {
-        runtime::run(node, policy::PolicyConfig::default()).map_err(|e| e.to_string())
-    }
-    #[cfg(not(feature = "ble"))]
-    {
-        drop(node);
-        Err(format!(
-            "this meshpay was built without BLE support. {}",
-            doctor::REBUILD_HINT
-        ))
+/// The radio a node's BLE transport runs on.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RadioChoice {
+    /// This machine's Bluetooth adapter (the `ble` feature; after
+    /// [`preflight`]).
+    Adapter,
+    /// The emulated air between processes in a directory.
+    #[cfg(unix)]
+    Emulated(air::AirConfig),
+}
+
+/// Starts the BLE transport of the node behind `mesh` on a thread of its
+/// own: opens the radio (reporting to `handle`, which the mesh's
+/// configuration also holds), then runs [`runtime::run`] until the mesh
+/// stops. Returns once the radio is open, or why it could not be.
+pub fn start(
+    choice: RadioChoice,
+    wallet: meshpay_proto::prelude::PublicKey,
+    mesh: crate::mesh::MeshHandle,
+    handle: runtime::BleHandle,
+    events: runtime::BleEvents,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("ble".into())
+        .spawn(move || {
+            let policy = policy::PolicyConfig::default();
+            let result = match choice {
+                #[cfg(feature = "ble")]
+                RadioChoice::Adapter => {
+                    match adapter::AdapterRadio::open(&wallet, handle.clone()) {
+                        Ok(radio) => {
+                            let _ = opened_tx.send(Ok(()));
+                            runtime::run(radio, mesh, handle, events, policy)
+                        }
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(format!("cannot run BLE: {e}")));
+                            return;
+                        }
+                    }
+                }
+                #[cfg(not(feature = "ble"))]
+                RadioChoice::Adapter => {
+                    drop((handle, events, mesh));
+                    let _ = opened_tx.send(Err(format!(
+                        "this meshpay was built without BLE support. {}",
+                        doctor::REBUILD_HINT
+                    )));
+                    return;
+                }
+                #[cfg(unix)]
+                RadioChoice::Emulated(config) => {
+                    match air::AirRadio::open(config, short_id(&wallet), handle.clone()) {
+                        Ok(radio) => {
+                            let _ = opened_tx.send(Ok(()));
+                            runtime::run(radio, mesh, handle, events, policy)
+                        }
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "the BLE transport stopped");
+                eprintln!("ble: stopped: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    match opened.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the BLE thread ended before its radio opened".into()),
     }
 }

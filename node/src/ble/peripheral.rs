@@ -6,9 +6,6 @@
 //! central arrives on a socket (one packet per read), a notification goes
 //! out with one send. One central is served at a time.
 
-use std::collections::BTreeMap;
-use std::sync::mpsc;
-
 use bluer::adv::{Advertisement as LeAdvertisement, AdvertisementHandle};
 use bluer::gatt::local::{
     Application, ApplicationHandle, Characteristic, CharacteristicControlEvent,
@@ -16,11 +13,13 @@ use bluer::gatt::local::{
     CharacteristicWriteMethod, Service, characteristic_control,
 };
 use futures::{FutureExt, StreamExt};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
+use super::adapter::BleError;
 use super::advert::Advertisement;
 use super::framing::VERSION;
-use super::runtime::{BleError, IncomingLink};
+use super::runtime::{BleHandle, IncomingLink, RadioEvent};
 use super::{ChannelPort, RX_UUID, SERVICE_UUID, TX_UUID, VERSION_UUID};
 
 /// The advertising and GATT server of one adapter; dropping it stops both.
@@ -52,11 +51,8 @@ pub async fn probe() -> Result<String, BleError> {
 impl Peripheral {
     /// Powers the default adapter on, advertises `advert` and serves the
     /// GATT service; each central that opens both the write and notify
-    /// sides becomes an [`IncomingLink`] on `links`.
-    pub async fn start(
-        advert: Advertisement,
-        links: mpsc::Sender<IncomingLink>,
-    ) -> Result<Peripheral, BleError> {
+    /// sides is reported to `links` as an [`RadioEvent::Incoming`].
+    pub async fn start(advert: Advertisement, links: BleHandle) -> Result<Peripheral, BleError> {
         let session = bluer::Session::new().await?;
         let adapter = session.default_adapter().await?;
         adapter.set_powered(true).await?;
@@ -133,7 +129,7 @@ impl Peripheral {
 async fn accept(
     rx_control: bluer::gatt::local::CharacteristicControl,
     tx_control: bluer::gatt::local::CharacteristicControl,
-    links: mpsc::Sender<IncomingLink>,
+    links: BleHandle,
 ) {
     tokio::pin!(rx_control);
     tokio::pin!(tx_control);
@@ -189,7 +185,7 @@ async fn accept(
             port,
             mtu,
         };
-        if links.send(link).is_err() {
+        if !links.report(RadioEvent::Incoming(link)) {
             return;
         }
     }

@@ -27,6 +27,9 @@ pub struct MeshConfig {
     /// a gateway and uploads the receipts it holds whenever the service is
     /// reachable, then brings back acknowledgements and revocations.
     pub settlement: Option<String>,
+    /// The Bluetooth LE transport running beside the mesh, if any: nearby
+    /// payments ([`MeshHandle::pay_nearby`]) go to it.
+    pub ble: Option<crate::ble::runtime::BleHandle>,
 }
 
 impl Default for MeshConfig {
@@ -38,6 +41,7 @@ impl Default for MeshConfig {
             sync_interval: Duration::from_secs(10),
             limits: super::limits::PeerLimits::default(),
             settlement: None,
+            ble: None,
         }
     }
 }
@@ -63,6 +67,9 @@ pub enum MeshError {
         /// What went wrong.
         reason: String,
     },
+    /// A payment over Bluetooth LE failed, or this node runs no BLE.
+    #[error("bluetooth: {0}")]
+    Ble(String),
 }
 
 /// A node's state as the control API reports it.
@@ -91,6 +98,8 @@ pub struct Status {
     pub carried: usize,
     /// Successful uploads to settlement (gateways only).
     pub uplinks: u64,
+    /// What the Bluetooth LE transport sees, if the node runs one.
+    pub ble: Option<crate::ble::runtime::BleStatus>,
 }
 
 /// One receipt this node is party to.
@@ -193,6 +202,14 @@ pub(super) enum Command {
         allowance: Box<Allowance>,
         reply: oneshot::Sender<Result<(), MeshError>>,
     },
+    /// Pays the nearest payee advertising an invoice over BLE.
+    PayNearby {
+        amount: u64,
+        currency: Currency,
+        reply: oneshot::Sender<Result<MeshPayment, MeshError>>,
+    },
+    /// Runs work of a transport beside the mesh (BLE) on the node.
+    WithNode(NodeJob),
     SyncNow,
     Dial(Multiaddr),
     Disconnect(PeerId),
@@ -202,6 +219,9 @@ pub(super) enum Command {
     Uplink(Result<super::relay::Uplink, String>),
     Stop,
 }
+
+/// Work a transport beside the mesh runs on the mesh's node.
+pub(super) type NodeJob = Box<dyn FnOnce(&mut super::NodeAccess<'_>) + Send>;
 
 /// Drives a running mesh node.
 #[derive(Clone)]
@@ -248,6 +268,41 @@ impl MeshHandle {
             reply,
         })
         .await?
+    }
+
+    /// Pays `amount` to the nearest payee that advertises an invoice over
+    /// Bluetooth LE (a tap); only an invoice for exactly this amount and
+    /// currency is signed.
+    pub async fn pay_nearby(
+        &self,
+        amount: u64,
+        currency: Currency,
+    ) -> Result<MeshPayment, MeshError> {
+        self.call(|reply| Command::PayNearby {
+            amount,
+            currency,
+            reply,
+        })
+        .await?
+    }
+
+    /// Runs `job` on the mesh's node, between two of the mesh's events,
+    /// and returns what it returns: how a transport beside the mesh (BLE)
+    /// runs its exchanges against the one node. The mesh waits while the
+    /// job runs, so jobs are bounded (an exchange has a time limit).
+    /// Blocks: call it from a thread outside the async runtime.
+    pub fn with_node<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut super::NodeAccess<'_>) -> T + Send + 'static,
+    ) -> Result<T, MeshError> {
+        let (reply, rx) = oneshot::channel();
+        let job: NodeJob = Box::new(move |access| {
+            let _ = reply.send(job(access));
+        });
+        self.tx
+            .blocking_send(Command::WithNode(job))
+            .map_err(|_| MeshError::Stopped)?;
+        rx.blocking_recv().map_err(|_| MeshError::Stopped)
     }
 
     /// The node's state.

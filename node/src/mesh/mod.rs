@@ -335,6 +335,20 @@ impl Mesh {
                 let _ = reply.send(r);
                 self.sync_all();
             }
+            Command::PayNearby {
+                amount,
+                currency,
+                reply,
+            } => match &self.config.ble {
+                Some(ble) => ble.pay_nearby(amount, currency, reply),
+                None => {
+                    let _ = reply.send(Err(MeshError::Ble(
+                        "this node runs no BLE transport (start it with --ble or --ble-emulated)"
+                            .into(),
+                    )));
+                }
+            },
+            Command::WithNode(job) => self.run_job(job),
             Command::SyncNow => self.sync_all(),
             Command::Dial(addr) => {
                 if let Some(peer) = peer_of(&addr) {
@@ -359,6 +373,25 @@ impl Mesh {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Stop => {}
+        }
+    }
+
+    /// Runs a job of a transport beside the mesh; what it changed in the
+    /// ledger is spread to the mesh's peers at once (and saved with the
+    /// next tick, or by the transport when its session ends; receipts are
+    /// durable already).
+    fn run_job(&mut self, job: api::NodeJob) {
+        let before = self.node.ledger().digest();
+        let mut access = NodeAccess {
+            node: &mut self.node,
+            invoices: &mut self.invoices,
+            gateway: self.config.settlement.is_some(),
+        };
+        // Jobs are short (one step of an exchange; waiting for the peer
+        // happens on the transport's own threads).
+        job(&mut access);
+        if self.node.ledger().digest() != before {
+            self.sync_all();
         }
     }
 
@@ -445,6 +478,7 @@ impl Mesh {
             outbox: self.outbox_len().unwrap_or(0),
             carried: self.node.store().carried().map_or(0, |c| c.len()),
             uplinks: self.uplinks,
+            ble: self.config.ble.as_ref().map(|b| b.status()),
         }
     }
 
@@ -1271,6 +1305,57 @@ impl Mesh {
         for p in peers {
             self.start_sync(p);
         }
+    }
+}
+
+/// What a job of a transport beside the mesh ([`MeshHandle::with_node`])
+/// may touch: the node, and the invoices the mesh holds open.
+pub struct NodeAccess<'a> {
+    /// The node.
+    pub node: &'a mut Node,
+    invoices: &'a mut HashMap<Nonce, PayeeSession>,
+    gateway: bool,
+}
+
+impl NodeAccess<'_> {
+    /// Whether an invoice waits for its payment.
+    pub fn invoice_pending(&self) -> bool {
+        self.invoices
+            .values()
+            .any(|s| matches!(s.state(), PayeeState::AwaitingTransfer))
+    }
+
+    /// Takes an invoice that waits for its payment (the newest, if
+    /// several), to be paid over another transport; give it back with
+    /// [`NodeAccess::return_invoice`].
+    pub fn take_invoice(&mut self) -> Option<PayeeSession> {
+        let nonce = self
+            .invoices
+            .iter()
+            .filter(|(_, s)| matches!(s.state(), PayeeState::AwaitingTransfer))
+            .max_by_key(|(_, s)| s.poll_timeout())
+            .map(|(n, _)| *n)?;
+        self.invoices.remove(&nonce)
+    }
+
+    /// Gives an invoice back (paid or not): a repeated transfer gets the
+    /// same acknowledgement on any transport.
+    pub fn return_invoice(&mut self, session: PayeeSession) {
+        self.invoices.insert(session.invoice().nonce, session);
+    }
+
+    /// Whether this node relays to settlement.
+    pub fn is_gateway(&self) -> bool {
+        self.gateway
+    }
+}
+
+impl std::fmt::Debug for NodeAccess<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAccess")
+            .field("node", &self.node.name())
+            .field("invoices", &self.invoices.len())
+            .finish()
     }
 }
 
