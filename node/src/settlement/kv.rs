@@ -310,7 +310,7 @@ impl PgKv {
     ) -> Result<T, KvError> {
         match op(&mut self.client) {
             Ok(v) => Ok(v),
-            Err(e) if self.client.is_closed() => {
+            Err(e) if self.client.is_closed() || connection_lost(&e) => {
                 tracing::warn!(database = %self.url_shown, error = %e, "PostgreSQL connection lost; connecting again");
                 let fresh = Self::connect_schema(&self.url, &self.schema)?;
                 self.client = fresh.client;
@@ -320,6 +320,17 @@ impl PgKv {
             Err(e) => Err(pg(e)),
         }
     }
+}
+
+/// Whether `e` says the session is gone: the client saw the connection
+/// close, or the server said it ends it (class 57, operator intervention:
+/// an administrator's termination, a shutdown; class 08, connection
+/// exception). The client may learn of the close only after it read that
+/// error.
+fn connection_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("57") || c.code().starts_with("08"))
 }
 
 fn pg(e: postgres::Error) -> KvError {
