@@ -124,7 +124,13 @@ fn a_tap_pays_the_nearest_payee_over_the_emulated_air() {
     );
 
     let mut nodes = Nodes(Vec::new());
-    let payer = start(&mut nodes, &dirs[0], &air_args(&air, "0,0"));
+    // The payer also records what its connections carry, as a listener
+    // nearby would.
+    let recording = root.path().join("air.rec");
+    let mut payer_args = air_args(&air, "0,0").to_vec();
+    let rec = recording.display().to_string();
+    payer_args.extend(["--ble-record", &rec]);
+    let payer = start(&mut nodes, &dirs[0], &payer_args);
     // Both payees are in range; "near" is 1 m away, "far" 6 m.
     let near = start(&mut nodes, &dirs[1], &air_args(&air, "1,0"));
     let far = start(&mut nodes, &dirs[2], &air_args(&air, "0,6"));
@@ -141,7 +147,8 @@ fn a_tap_pays_the_nearest_payee_over_the_emulated_air() {
     assert!(err.contains("no payee nearby"), "{err}");
 
     // Both payees open an invoice for 4.50; the payer taps.
-    run(&["request", "--data-dir", &ds[1], "4.50", "--memo", "coffee"]);
+    let memo = "coffee and a croissant, table 7";
+    run(&["request", "--data-dir", &ds[1], "4.50", "--memo", memo]);
     run(&["request", "--data-dir", &ds[2], "4.50", "--memo", "tea"]);
     // The payer hears both invoices, nearest first, at the RSSI free space
     // gives 1 m and 6 m (-40 and -56 dBm).
@@ -182,6 +189,16 @@ fn a_tap_pays_the_nearest_payee_over_the_emulated_air() {
         &ds[0],
     ]);
     let transfer = paid["Paid"].as_str().unwrap_or_else(|| panic!("{paid}"));
+
+    // The air carried the exchange (the payer's wallet key travels in
+    // clear in the key exchange) but not the invoice: its memo is sealed.
+    let air_bytes = std::fs::read(&recording).expect("recording");
+    let wallet = hex::decode(payer["wallet"].as_str().expect("wallet")).expect("hex");
+    assert!(
+        air_bytes.windows(32).any(|w| w == wallet),
+        "nothing recorded"
+    );
+    assert!(!air_bytes.windows(memo.len()).any(|w| w == memo.as_bytes()));
 
     // The nearer payee got it, the farther one did not.
     let near = history(&ds[1]);
