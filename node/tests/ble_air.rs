@@ -290,3 +290,48 @@ fn one_node_runs_ble_and_the_lan_mesh_at_once() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn a_tap_at_a_payee_that_just_vanished_signs_nothing() {
+    let root = tempfile::tempdir().expect("dir");
+    let (issuer_key, _, dirs) = setup(root.path(), &["payer", "shop"]);
+    let ds: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let air = root.path().join("air").display().to_string();
+    let mut nodes = Nodes(Vec::new());
+    let payer = start(&mut nodes, &dirs[0], &air_args(&air, "0,0"));
+    start(&mut nodes, &dirs[1], &air_args(&air, "1,0"));
+    give_allowance(&issuer_key, &ds[0], &payer["wallet"]);
+    run(&["request", "--data-dir", &ds[1], "3.00"]);
+    // The payer hears the invoice...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while json(&["status", "--json", "--data-dir", &ds[0]])["ble"]["heard"][0]["invoice"] != true {
+        assert!(Instant::now() < deadline, "the invoice was never heard");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ...then the shop's process dies (kill -9: its sockets stay behind).
+    let _ = nodes.0[1].kill();
+    let _ = nodes.0[1].wait();
+    let out = meshpay()
+        .args(["pay", "--nearby", "--amount", "3.00", "--data-dir", &ds[0]])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing was signed"), "{err}");
+    assert!(history(&ds[0]).is_empty());
+    // The allowance is whole: a tap once the shop is back pays in full.
+    start(&mut nodes, &dirs[1], &air_args(&air, "1,0"));
+    run(&["request", "--data-dir", &ds[1], "3.00"]);
+    let paid = json(&[
+        "pay",
+        "--nearby",
+        "--amount",
+        "3.00",
+        "--json",
+        "--data-dir",
+        &ds[0],
+    ]);
+    assert!(paid.get("Paid").is_some(), "{paid}");
+    let h = history(&ds[0]);
+    assert_eq!((h.len(), h[0]["seq"].clone()), (1, Value::from(1)));
+}
