@@ -21,9 +21,9 @@ use std::time::Instant;
 
 use fixture::World;
 use meshpay_node::ble::emulated::{self, EmulatedConfig};
-use meshpay_node::ble::secure::establish_pair;
+use meshpay_node::ble::secure::open_pair;
 use meshpay_node::exchange::{
-    Conversation, ExchangeError, PayeeSide, PayerSide, Side, SyncSide, drive_pair,
+    Conversation, ExchangeError, Intent, PayeeSide, PayerSide, Side, SyncSide, drive_pair, step,
 };
 use meshpay_node::node::Node;
 use meshpay_node::transport::Link;
@@ -102,37 +102,31 @@ fn payment(config: EmulatedConfig, secure: bool) -> PaymentRun {
         done_at: None,
     };
     let (la, lb) = emulated::pair(config);
-    let mut run = |a: &mut dyn Link, b: &mut dyn Link| {
-        drive_pair(
-            Side {
-                node: &mut payer,
-                conversation: &mut ps,
-                link: a,
-            },
-            Side {
-                node: &mut payee,
-                conversation: &mut es,
-                link: b,
-            },
-            10_000,
-        )
-        .expect("payment")
-    };
     let s = if secure {
-        // The payer connects: it starts the exchange (the node signs it
-        // with the wallet keys; these stand in for them).
-        let (mut sa, mut sb) = establish_pair(
+        // The payer connects and starts the key exchange, naming its
+        // intent; the payee seals its invoice right behind message 2, and
+        // the payer's transfer follows message 3. (The node signs with the
+        // wallet keys; these stand in for them.)
+        let (opening, mut sb) = open_pair(
             la,
             lb,
             &SecretKey::from_seed(&[11; 32]),
             &SecretKey::from_seed(&[12; 32]),
+            Intent::Pay as u8,
         )
         .expect("key exchange");
-        run(&mut sa, &mut sb);
+        step(&mut Side {
+            node: &mut payee,
+            conversation: &mut es,
+            link: &mut sb,
+        })
+        .expect("invoice");
+        let mut sa = opening.finish(&mut sb).expect("key exchange");
+        run_payment(&mut payer, &mut payee, &mut ps, &mut es, &mut sa, &mut sb);
         sa.inner().port().stats()
     } else {
         let (mut la, mut lb) = (la, lb);
-        run(&mut la, &mut lb);
+        run_payment(&mut payer, &mut payee, &mut ps, &mut es, &mut la, &mut lb);
         la.port().stats()
     };
     let compute_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -142,6 +136,30 @@ fn payment(config: EmulatedConfig, secure: bool) -> PaymentRun {
         compute_ms,
         bytes: s.payload_bytes[0] + s.payload_bytes[1],
     }
+}
+
+fn run_payment(
+    payer: &mut Node,
+    payee: &mut Node,
+    ps: &mut Timed,
+    es: &mut PayeeSide,
+    a: &mut dyn Link,
+    b: &mut dyn Link,
+) {
+    drive_pair(
+        Side {
+            node: payer,
+            conversation: ps,
+            link: a,
+        },
+        Side {
+            node: payee,
+            conversation: es,
+            link: b,
+        },
+        10_000,
+    )
+    .expect("payment");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -173,7 +191,7 @@ fn payments_on(secure: bool) {
         "total ms",
         "bytes",
         if secure {
-            "bound: 5 events"
+            "bound: 3 events"
         } else {
             "bound: 2 events"
         }
@@ -185,9 +203,9 @@ fn payments_on(secure: bool) {
         let compute = median(runs.iter().map(|r| r.compute_ms).collect());
         // Invoice, transfer, acknowledgement: each needs a connection
         // event after the one that delivered the message before it; the
-        // key exchange's three messages come first, and the payee can
-        // seal its invoice only after the third: three events more.
-        let events = if secure { 5.0 } else { 2.0 };
+        // key exchange adds one: message 1, then message 2 with the
+        // invoice behind it, message 3 with the transfer, the ack.
+        let events = if secure { 3.0 } else { 2.0 };
         let bound = events * config.interval_us as f64 / 1e3;
         println!(
             "{mtu:>5} {link:>9.1} {compute:>11.2} {:>10.1} {:>9} {bound:>13.1} ms",

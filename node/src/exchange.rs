@@ -22,19 +22,16 @@ use crate::transport::{Link, LinkError, Wait};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Channel {
-    /// The opening of a connection: what the connecting side wants
-    /// ([`Intent`]), one byte after the channel's.
-    Open = 0,
     /// The payment handshake ([`PaymentMessage`]s).
     Payment = 1,
     /// A ledger sync session (sync frames).
     Sync = 2,
 }
 
-/// What the connecting side wants, sent once on [`Channel::Open`] as the
-/// first message of a connection (the side that is connected to cannot
-/// tell otherwise: the payee speaks first in a payment, either side in a
-/// sync).
+/// What the connecting side of a BLE link wants: one byte in the link's
+/// first message (see [`crate::ble::secure`]), since the side connected to
+/// cannot tell otherwise (the payee speaks first in a payment, either side
+/// in a sync).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Intent {
@@ -45,16 +42,11 @@ pub enum Intent {
 }
 
 impl Intent {
-    /// The opening message.
-    pub fn message(self) -> [u8; 2] {
-        [Channel::Open as u8, self as u8]
-    }
-
-    /// Reads an opening message.
-    pub fn from_message(message: &[u8]) -> Option<Intent> {
-        match message {
-            [0, 1] => Some(Intent::Pay),
-            [0, 2] => Some(Intent::Sync),
+    /// Reads the byte.
+    pub fn from_byte(b: u8) -> Option<Intent> {
+        match b {
+            1 => Some(Intent::Pay),
+            2 => Some(Intent::Sync),
             _ => None,
         }
     }

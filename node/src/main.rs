@@ -296,6 +296,10 @@ enum NodeAction {
         /// The ATT MTU this node supports in the emulated air (23 to 517).
         #[arg(long, default_value_t = 247, requires = "ble_emulated")]
         ble_mtu: u16,
+        /// Append every packet of this node's emulated-air connections,
+        /// both ways, to FILE: what a listener nearby would record.
+        #[arg(long, value_name = "FILE", requires = "ble_emulated")]
+        ble_record: Option<PathBuf>,
     },
 }
 
@@ -438,8 +442,9 @@ fn main() -> ExitCode {
                     ble_emulated,
                     ble_position,
                     ble_mtu,
+                    ble_record,
                 },
-        } => ble_choice(ble, ble_emulated, &ble_position, ble_mtu)
+        } => ble_choice(ble, ble_emulated, &ble_position, ble_mtu, ble_record)
             .and_then(|radio| run_node(&dir, &net, sync_interval, &unlock, radio)),
         Command::Request { dir, amount, currency, memo, json } => {
             parse_amount(&amount).and_then(|amount| {
@@ -709,6 +714,7 @@ fn ble_choice(
     emulated: Option<PathBuf>,
     position: &str,
     mtu: u16,
+    record: Option<PathBuf>,
 ) -> Result<Option<meshpay_node::ble::RadioChoice>, String> {
     use meshpay_node::ble::{RadioChoice, air::AirConfig};
     if ble {
@@ -733,6 +739,7 @@ fn ble_choice(
         dir,
         position: (coordinate(x)?, coordinate(y)?),
         mtu,
+        record,
     })))
 }
 

@@ -124,7 +124,13 @@ fn a_tap_pays_the_nearest_payee_over_the_emulated_air() {
     );
 
     let mut nodes = Nodes(Vec::new());
-    let payer = start(&mut nodes, &dirs[0], &air_args(&air, "0,0"));
+    // The payer also records what its connections carry, as a listener
+    // nearby would.
+    let recording = root.path().join("air.rec");
+    let mut payer_args = air_args(&air, "0,0").to_vec();
+    let rec = recording.display().to_string();
+    payer_args.extend(["--ble-record", &rec]);
+    let payer = start(&mut nodes, &dirs[0], &payer_args);
     // Both payees are in range; "near" is 1 m away, "far" 6 m.
     let near = start(&mut nodes, &dirs[1], &air_args(&air, "1,0"));
     let far = start(&mut nodes, &dirs[2], &air_args(&air, "0,6"));
@@ -141,7 +147,8 @@ fn a_tap_pays_the_nearest_payee_over_the_emulated_air() {
     assert!(err.contains("no payee nearby"), "{err}");
 
     // Both payees open an invoice for 4.50; the payer taps.
-    run(&["request", "--data-dir", &ds[1], "4.50", "--memo", "coffee"]);
+    let memo = "coffee and a croissant, table 7";
+    run(&["request", "--data-dir", &ds[1], "4.50", "--memo", memo]);
     run(&["request", "--data-dir", &ds[2], "4.50", "--memo", "tea"]);
     // The payer hears both invoices, nearest first, at the RSSI free space
     // gives 1 m and 6 m (-40 and -56 dBm).
@@ -182,6 +189,16 @@ fn a_tap_pays_the_nearest_payee_over_the_emulated_air() {
         &ds[0],
     ]);
     let transfer = paid["Paid"].as_str().unwrap_or_else(|| panic!("{paid}"));
+
+    // The air carried the exchange (the payer's wallet key travels in
+    // clear in the key exchange) but not the invoice: its memo is sealed.
+    let air_bytes = std::fs::read(&recording).expect("recording");
+    let wallet = hex::decode(payer["wallet"].as_str().expect("wallet")).expect("hex");
+    assert!(
+        air_bytes.windows(32).any(|w| w == wallet),
+        "nothing recorded"
+    );
+    assert!(!air_bytes.windows(memo.len()).any(|w| w == memo.as_bytes()));
 
     // The nearer payee got it, the farther one did not.
     let near = history(&ds[1]);
@@ -272,4 +289,49 @@ fn one_node_runs_ble_and_the_lan_mesh_at_once() {
         json(&["status", "--json", "--data-dir", &ds[0]])["peers"],
         serde_json::json!([])
     );
+}
+
+#[test]
+fn a_tap_at_a_payee_that_just_vanished_signs_nothing() {
+    let root = tempfile::tempdir().expect("dir");
+    let (issuer_key, _, dirs) = setup(root.path(), &["payer", "shop"]);
+    let ds: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let air = root.path().join("air").display().to_string();
+    let mut nodes = Nodes(Vec::new());
+    let payer = start(&mut nodes, &dirs[0], &air_args(&air, "0,0"));
+    start(&mut nodes, &dirs[1], &air_args(&air, "1,0"));
+    give_allowance(&issuer_key, &ds[0], &payer["wallet"]);
+    run(&["request", "--data-dir", &ds[1], "3.00"]);
+    // The payer hears the invoice...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while json(&["status", "--json", "--data-dir", &ds[0]])["ble"]["heard"][0]["invoice"] != true {
+        assert!(Instant::now() < deadline, "the invoice was never heard");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ...then the shop's process dies (kill -9: its sockets stay behind).
+    let _ = nodes.0[1].kill();
+    let _ = nodes.0[1].wait();
+    let out = meshpay()
+        .args(["pay", "--nearby", "--amount", "3.00", "--data-dir", &ds[0]])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing was signed"), "{err}");
+    assert!(history(&ds[0]).is_empty());
+    // The allowance is whole: a tap once the shop is back pays in full.
+    start(&mut nodes, &dirs[1], &air_args(&air, "1,0"));
+    run(&["request", "--data-dir", &ds[1], "3.00"]);
+    let paid = json(&[
+        "pay",
+        "--nearby",
+        "--amount",
+        "3.00",
+        "--json",
+        "--data-dir",
+        &ds[0],
+    ]);
+    assert!(paid.get("Paid").is_some(), "{paid}");
+    let h = history(&ds[0]);
+    assert_eq!((h.len(), h[0]["seq"].clone()), (1, Value::from(1)));
 }

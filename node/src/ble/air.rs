@@ -57,6 +57,10 @@ pub struct AirConfig {
     pub position: (f64, f64),
     /// The ATT MTU this node supports (23..=517).
     pub mtu: u16,
+    /// Append every packet of this node's connections, both ways, to this
+    /// file: what a listener nearby would record (to check what the air
+    /// carries).
+    pub record: Option<PathBuf>,
 }
 
 /// Why the emulated air could not be joined.
@@ -88,6 +92,7 @@ pub fn rssi_at(tx_power: i8, metres: f64) -> i16 {
 #[derive(Debug)]
 pub struct AirRadio {
     config: AirConfig,
+    recorder: Recorder,
     me: [u8; 4],
     advert: Arc<Mutex<Option<[u8; DATAGRAM_LEN]>>>,
     stop: Arc<AtomicBool>,
@@ -118,7 +123,18 @@ impl AirRadio {
         ears.set_read_timeout(Some(ADVERT_INTERVAL)).map_err(io)?;
         let listener = UnixListener::bind(&gatt_path).map_err(io)?;
         let mouth = UnixDatagram::unbound().map_err(io)?;
+        let recorder = match &config.record {
+            Some(path) => Some(Arc::new(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(io)?,
+            ))),
+            None => None,
+        };
         let radio = AirRadio {
+            recorder: recorder.clone(),
             config: config.clone(),
             me,
             advert: Arc::new(Mutex::new(None)),
@@ -130,7 +146,7 @@ impl AirRadio {
         let (stop, advert, dir) = (radio.stop.clone(), radio.advert.clone(), config.dir.clone());
         std::thread::spawn(move || beacon(&mouth, &dir, &adv_path, &advert, &stop));
         let mtu = config.mtu;
-        std::thread::spawn(move || accept(&listener, me, mtu, &events));
+        std::thread::spawn(move || accept(&listener, me, mtu, &events, &recorder));
         Ok(radio)
     }
 }
@@ -231,10 +247,22 @@ fn handshake(stream: &mut UnixStream, me: [u8; 4], mtu: u16) -> std::io::Result<
     Ok((peer, mtu.min(their_mtu).max(MTU_RANGE.0)))
 }
 
+/// Where a node's air is recorded, if it is.
+type Recorder = Option<Arc<Mutex<std::fs::File>>>;
+
+fn record(recorder: &Recorder, packet: &[u8]) {
+    if let Some(file) = recorder
+        && let Ok(mut file) = file.lock()
+    {
+        let _ = file.write_all(packet);
+    }
+}
+
 /// Carries a connection's packets to and from a [`ChannelPort`]; either
 /// side closing ends both directions.
-fn bridge(stream: UnixStream, mtu: u16) -> std::io::Result<ChannelPort> {
+fn bridge(stream: UnixStream, mtu: u16, recorder: &Recorder) -> std::io::Result<ChannelPort> {
     let (port, to_port, from_port) = ChannelPort::new();
+    let (heard, said) = (recorder.clone(), recorder.clone());
     let mut reader = stream.try_clone()?;
     let max = usize::from(mtu) - ATT_HEADER;
     std::thread::spawn(move || {
@@ -246,7 +274,11 @@ fn bridge(stream: UnixStream, mtu: u16) -> std::io::Result<ChannelPort> {
                 break;
             }
             let mut packet = vec![0u8; n];
-            if reader.read_exact(&mut packet).is_err() || to_port.send(packet).is_err() {
+            if reader.read_exact(&mut packet).is_err() {
+                break;
+            }
+            record(&heard, &packet);
+            if to_port.send(packet).is_err() {
                 break;
             }
         }
@@ -258,6 +290,7 @@ fn bridge(stream: UnixStream, mtu: u16) -> std::io::Result<ChannelPort> {
             let Ok(n) = u16::try_from(packet.len()) else {
                 break;
             };
+            record(&said, &packet);
             let mut framed = Vec::with_capacity(packet.len() + 2);
             framed.extend_from_slice(&n.to_le_bytes());
             framed.extend_from_slice(&packet);
@@ -274,7 +307,7 @@ fn bridge(stream: UnixStream, mtu: u16) -> std::io::Result<ChannelPort> {
 /// Accepts centrals until the process ends; each hello is read on a
 /// thread of its own (at most [`MAX_HELLOS`] at once), so a caller that
 /// says nothing holds up nobody.
-fn accept(listener: &UnixListener, me: [u8; 4], mtu: u16, events: &BleHandle) {
+fn accept(listener: &UnixListener, me: [u8; 4], mtu: u16, events: &BleHandle, recorder: &Recorder) {
     let pending = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else {
@@ -284,13 +317,13 @@ fn accept(listener: &UnixListener, me: [u8; 4], mtu: u16, events: &BleHandle) {
             continue;
         }
         pending.fetch_add(1, Ordering::SeqCst);
-        let (pending, events) = (pending.clone(), events.clone());
+        let (pending, events, recorder) = (pending.clone(), events.clone(), recorder.clone());
         std::thread::spawn(move || {
             let link = handshake(&mut stream, me, mtu).and_then(|(peer, mtu)| {
                 Ok(IncomingLink {
                     peer: hex::encode(peer),
                     node: Some(peer),
-                    port: bridge(stream, mtu)?,
+                    port: bridge(stream, mtu, &recorder)?,
                     mtu,
                 })
             });
@@ -334,7 +367,7 @@ impl Radio for AirRadio {
         Ok(IncomingLink {
             peer: hex::encode(peer),
             node: Some(peer),
-            port: bridge(stream, mtu).map_err(failed)?,
+            port: bridge(stream, mtu, &self.recorder).map_err(failed)?,
             mtu,
         })
     }
@@ -364,6 +397,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             position: (x, 0.0),
             mtu,
+            record: None,
         };
         let mut a = AirRadio::open(config(0.0, 517), [1; 4], a_handle).expect("in a test");
         let mut b = AirRadio::open(config(10.0, 185), [2; 4], b_handle).expect("in a test");
@@ -433,6 +467,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             position: (0.0, 0.0),
             mtu: 23,
+            record: None,
         };
         let _radio = AirRadio::open(config, [7; 4], handle).expect("in a test");
         // Noise on the advertising socket, and a caller that is not a node.

@@ -10,9 +10,10 @@
 //! emulated air ([`super::air`]): both implement [`Radio`] and report
 //! what they hear and who connects as [`RadioEvent`]s.
 //!
-//! On a connection the connecting side speaks first, with an [`Intent`]:
-//! pay (the payee answers with its invoice, the payment handshake runs,
-//! then a sync) or sync.
+//! Every connection is encrypted ([`super::secure`]); the connecting side
+//! names its [`Intent`] in the key exchange's first message: pay (the
+//! payee answers with its invoice, the payment handshake runs, then a
+//! sync) or sync.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,7 +40,7 @@ use crate::transport::{Link, Wait};
 const PAY_LIMIT_MS: u64 = 10_000;
 /// Link time one sync may take (the mesh waits meanwhile).
 const SYNC_LIMIT_MS: u64 = 30_000;
-/// How long a connected-to node waits for the opening message.
+/// How long each side waits for the other's key-exchange messages.
 const OPEN_WAIT_MS: u64 = 3_000;
 /// How long a nearby payment looks for a payee advertising an invoice.
 const PAYEE_WAIT: Duration = Duration::from_secs(5);
@@ -445,21 +446,6 @@ fn pay_over(
     Ok((outcome, link))
 }
 
-/// Waits for the opening message of a connection.
-fn read_intent(link: &mut dyn Link) -> Option<Intent> {
-    let deadline = link.now_us().saturating_add(OPEN_WAIT_MS * 1000);
-    loop {
-        match link.try_recv() {
-            Ok(Some(m)) => return Intent::from_message(&m),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        if link.now_us() >= deadline || link.wait(Some(deadline)).is_err() {
-            return None;
-        }
-    }
-}
-
 /// Signs a key exchange's transcript with the node's wallet key.
 fn signer(mesh: &MeshHandle) -> impl FnOnce(&[u8]) -> Result<Signature, SecureError> + '_ {
     move |part| {
@@ -470,35 +456,44 @@ fn signer(mesh: &MeshHandle) -> impl FnOnce(&[u8]) -> Result<Signature, SecureEr
 }
 
 /// Frames `port` and runs the key exchange as the connecting side, with
-/// the node `expect` (its short id) on the other end.
+/// the node `expect` (its short id) on the other end, for `intent`.
 fn connect_secure(
     mesh: &MeshHandle,
     me: &PublicKey,
     port: ChannelPort,
     mtu: u16,
     expect: [u8; 4],
+    intent: Intent,
 ) -> Result<BleLink, SecureError> {
     let framed = FramedLink::new(port, FramingConfig::with_mtu(mtu));
-    SecureLink::connect(framed, me, Some(expect), signer(mesh), OPEN_WAIT_MS)
+    SecureLink::connect(
+        framed,
+        me,
+        Some(expect),
+        intent as u8,
+        signer(mesh),
+        OPEN_WAIT_MS,
+    )
 }
 
-/// Frames `port` and runs the key exchange as the side connected to; a
-/// peer that claimed a short id (the emulated air's hello) must hold the
-/// wallet key it belongs to.
+/// Frames `port` and runs the key exchange as the side connected to;
+/// returns the link and what the peer wants. A peer that claimed a short
+/// id (the emulated air's hello) must name the wallet key it belongs to
+/// (and proves it holds it before anything it sends is opened).
 fn accept_secure(
     mesh: &MeshHandle,
     me: &PublicKey,
     port: ChannelPort,
     mtu: u16,
     claimed: Option<[u8; 4]>,
-) -> Result<BleLink, SecureError> {
+) -> Result<(BleLink, Option<Intent>), SecureError> {
     let framed = FramedLink::new(port, FramingConfig::with_mtu(mtu));
-    let link = SecureLink::accept(framed, me, signer(mesh), OPEN_WAIT_MS)?;
+    let (link, purpose) = SecureLink::accept(framed, me, signer(mesh), OPEN_WAIT_MS)?;
     match claimed {
         Some(id) if short_id(link.peer()) != id => Err(SecureError::WrongPeer {
             found: hex::encode(short_id(link.peer())),
         }),
-        _ => Ok(link),
+        _ => Ok((link, Intent::from_byte(purpose))),
     }
 }
 
@@ -730,14 +725,12 @@ impl<R: Radio> Transport<R> {
                 let (mesh, me) = (self.mesh.clone(), self.me);
                 self.on_thread(Some(advert.node), move || {
                     let (peer, mtu) = (link.peer, link.mtu);
-                    let Ok(mut link) = connect_secure(&mesh, &me, link.port, mtu, advert.node)
-                        .inspect_err(|e| eprintln!("ble: no secure link to {peer}: {e}"))
+                    let Ok(link) =
+                        connect_secure(&mesh, &me, link.port, mtu, advert.node, Intent::Sync)
+                            .inspect_err(|e| eprintln!("ble: no secure link to {peer}: {e}"))
                     else {
                         return Ok(false);
                     };
-                    if link.send(&Intent::Sync.message()).is_err() {
-                        return Ok(false);
-                    }
                     Ok(sync_over(&mesh, link, &peer, mtu)?.1)
                 });
             }
@@ -765,12 +758,12 @@ impl<R: Radio> Transport<R> {
         } = link;
         let (mesh, me) = (self.mesh.clone(), self.me);
         self.on_thread(node.filter(|_| admitted), move || {
-            let Ok(mut link) = accept_secure(&mesh, &me, port, mtu, node)
+            let Ok((link, intent)) = accept_secure(&mesh, &me, port, mtu, node)
                 .inspect_err(|e| eprintln!("ble: no secure link with {peer}: {e}"))
             else {
                 return Ok(false);
             };
-            match read_intent(&mut link) {
+            match intent {
                 Some(Intent::Sync) if admitted || node.is_none() => {
                     Ok(sync_over(&mesh, link, &peer, mtu)?.1)
                 }
@@ -834,11 +827,12 @@ impl<R: Radio> Transport<R> {
         let (mesh, me) = (self.mesh.clone(), self.me);
         self.on_thread(Some(target.node), move || {
             let (peer, mtu, began) = (link.peer, link.mtu, Instant::now());
-            let outcome = match connect_secure(&mesh, &me, link.port, mtu, target.node) {
+            let outcome = match connect_secure(&mesh, &me, link.port, mtu, target.node, Intent::Pay)
+            {
                 Err(e) => Err(MeshError::Ble(format!(
                     "no secure link to payee {peer}: {e}; nothing was signed"
                 ))),
-                Ok(mut link) => {
+                Ok(link) => {
                     // The invoice must name the wallet key the link
                     // authenticated.
                     let expected = Expected {
@@ -846,12 +840,7 @@ impl<R: Radio> Transport<R> {
                         currency: p.currency,
                         payee: *link.peer(),
                     };
-                    match link.send(&Intent::Pay.message()) {
-                        Err(e) => Err(MeshError::Ble(format!(
-                            "payee {peer} hung up: {e}; nothing was signed"
-                        ))),
-                        Ok(()) => pay_over(&mesh, link, expected, &peer, mtu, began),
-                    }
+                    pay_over(&mesh, link, expected, &peer, mtu, began)
                 }
             };
             let (outcome, link) = match outcome {

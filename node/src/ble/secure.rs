@@ -8,7 +8,7 @@
 //! three messages on the link before anything else:
 //!
 //! ```text
-//! 1  I -> R   0x53 'S', version, I's X25519 ephemeral (32), I's wallet key (32)
+//! 1  I -> R   0x53 'S', version, purpose, I's X25519 ephemeral (32), I's wallet key (32)
 //! 2  R -> I   R's X25519 ephemeral (32), R's wallet key (32), sig_R (64)
 //! 3  I -> R   sig_I (64)
 //!
@@ -18,6 +18,14 @@
 //! keys  = HKDF-SHA-256(salt th, secret X25519(e_I, e_R), info "meshpay/v1/ble-link/keys"), 64 bytes:
 //!         the first 32 seal I -> R, the last 32 seal R -> I
 //! ```
+//!
+//! The purpose (what the initiator wants: to pay, to sync) travels in
+//! message 1 so that R can answer at once: R sends sealed messages right
+//! after message 2 (a payee its invoice), and I's first sealed messages
+//! follow message 3 in the same connection event. R opens nothing from I
+//! before message 3 has verified. What R sends before then is readable
+//! only by whoever sent message 1 (it alone holds e_I), which is no more
+//! than anyone learns by connecting.
 //!
 //! Each side checks the other's signature over a transcript that holds
 //! both ephemerals, so each knows the other holds its wallet key and took
@@ -48,7 +56,7 @@ const KEYS_INFO: &[u8] = b"meshpay/v1/ble-link/keys";
 const HELLO: u8 = b'S';
 /// The exchange's version.
 pub const VERSION: u8 = 1;
-const HELLO_LEN: usize = 2 + 32 + 32;
+const HELLO_LEN: usize = 3 + 32 + 32;
 const ANSWER_LEN: usize = 32 + 32 + 64;
 /// Bytes a sealed message is longer than its plaintext.
 pub const OVERHEAD: usize = 16;
@@ -181,18 +189,23 @@ fn array32(bytes: &[u8]) -> Result<[u8; 32], SecureError> {
 }
 
 /// The connecting side after message 1.
-#[derive(Debug)]
 struct Initiator {
     secret: [u8; 32],
     hello: Vec<u8>,
 }
 
+impl core::fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Initiator").finish_non_exhaustive()
+    }
+}
+
 impl Initiator {
     /// Starts the exchange as `me`; returns the state and message 1.
-    fn start(me: &PublicKey) -> Result<(Initiator, Vec<u8>), SecureError> {
+    fn start(me: &PublicKey, purpose: u8) -> Result<(Initiator, Vec<u8>), SecureError> {
         let (secret, public) = ephemeral()?;
         let mut hello = Vec::with_capacity(HELLO_LEN);
-        hello.extend_from_slice(&[HELLO, VERSION]);
+        hello.extend_from_slice(&[HELLO, VERSION, purpose]);
         hello.extend_from_slice(&public);
         hello.extend_from_slice(me.as_bytes());
         Ok((
@@ -238,8 +251,8 @@ impl Initiator {
 }
 
 /// The side connected to, after message 1.
-#[derive(Debug)]
 struct Answering {
+    purpose: u8,
     peer: PublicKey,
     secret: [u8; 32],
     peer_ephemeral: [u8; 32],
@@ -256,16 +269,17 @@ impl Answering {
         if hello[1] != VERSION {
             return Err(SecureError::Version(hello[1]));
         }
-        let peer = key_at(&hello[34..66])?;
+        let peer = key_at(&hello[35..67])?;
         let (secret, public) = ephemeral()?;
         let mut unsigned = Vec::with_capacity(ANSWER_LEN);
         unsigned.extend_from_slice(&public);
         unsigned.extend_from_slice(me.as_bytes());
         let th = transcript(hello, &unsigned);
         Ok(Answering {
+            purpose: hello[2],
             peer,
             secret,
-            peer_ephemeral: array32(&hello[2..34])?,
+            peer_ephemeral: array32(&hello[3..35])?,
             unsigned,
             th,
         })
@@ -288,7 +302,6 @@ impl Answering {
 }
 
 /// The side connected to, after message 2.
-#[derive(Debug)]
 struct Answered {
     keys: Keys,
     peer: PublicKey,
@@ -297,15 +310,23 @@ struct Answered {
 
 impl Answered {
     /// Reads message 3: checks the initiator's signature.
-    fn finish(self, finish: &[u8]) -> Result<(Keys, PublicKey), SecureError> {
+    fn check_finish(peer: &PublicKey, th: &Hash, finish: &[u8]) -> Result<(), SecureError> {
         let sig = Signature(finish.try_into().map_err(|_| SecureError::Malformed)?);
-        if !self
-            .peer
-            .verify(SIGNATURE_TAG, &signed_part(true, &self.th), &sig)
-        {
+        if !peer.verify(SIGNATURE_TAG, &signed_part(true, th), &sig) {
             return Err(SecureError::BadSignature);
         }
-        Ok((self.keys, self.peer))
+        Ok(())
+    }
+
+    /// The responder's end, secured, awaiting message 3.
+    fn into_link<L>(self, inner: L) -> SecureLink<L> {
+        SecureLink {
+            inner,
+            keys: self.keys,
+            peer: self.peer,
+            awaiting_finish: Some(self.th),
+            broken: false,
+        }
     }
 }
 
@@ -329,21 +350,26 @@ pub struct SecureLink<L> {
     inner: L,
     keys: Keys,
     peer: PublicKey,
+    /// The responder's transcript until message 3 has verified.
+    awaiting_finish: Option<Hash>,
     broken: bool,
 }
 
 impl<L: Link> SecureLink<L> {
-    /// Runs the exchange as the connecting side over `inner`, signing
-    /// with `sign` (the wallet key's [`crate::node::Node::sign_link`]);
-    /// `expect` is the short id connected to, if known.
+    /// Runs the exchange as the connecting side over `inner`, telling the
+    /// other side `purpose`, signing with `sign` (the wallet key's
+    /// [`crate::node::Node::sign_link`]); `expect` is the short id
+    /// connected to, if known. Returns once message 3 has left: the link
+    /// is ready, and the peer authenticated.
     pub fn connect(
         mut inner: L,
         me: &PublicKey,
         expect: Option<[u8; 4]>,
+        purpose: u8,
         sign: impl FnOnce(&[u8]) -> Result<Signature, SecureError>,
         limit_ms: u64,
     ) -> Result<Self, SecureError> {
-        let (state, hello) = Initiator::start(me)?;
+        let (state, hello) = Initiator::start(me, purpose)?;
         inner.send(&hello)?;
         let answer = receive(&mut inner, limit_ms)?;
         let (peer, th) = state.answer(&answer)?;
@@ -361,35 +387,41 @@ impl<L: Link> SecureLink<L> {
             inner,
             keys,
             peer,
+            awaiting_finish: None,
             broken: false,
         })
     }
 
-    /// Runs the exchange as the side connected to.
+    /// Runs the exchange as the side connected to; returns the link and
+    /// the purpose the other side named, as soon as message 2 has left.
+    /// The peer's key is its claim until its message 3 verifies, which
+    /// happens before any message from it is opened (a failure closes
+    /// the link).
     pub fn accept(
         mut inner: L,
         me: &PublicKey,
         sign: impl FnOnce(&[u8]) -> Result<Signature, SecureError>,
         limit_ms: u64,
-    ) -> Result<Self, SecureError> {
+    ) -> Result<(Self, u8), SecureError> {
         let hello = receive(&mut inner, limit_ms)?;
         let state = Answering::hello(&hello, me)?;
+        let purpose = state.purpose;
         let signature = sign(&signed_part(false, &state.th))?;
         let (state, answer) = state.answer(&signature)?;
         inner.send(&answer)?;
-        let finish = receive(&mut inner, limit_ms)?;
-        let (keys, peer) = state.finish(&finish)?;
-        Ok(SecureLink {
-            inner,
-            keys,
-            peer,
-            broken: false,
-        })
+        Ok((state.into_link(inner), purpose))
     }
 
-    /// The peer's wallet key, authenticated by the exchange.
+    /// The peer's wallet key: authenticated by the exchange (on the
+    /// accepting side, once [`SecureLink::is_authenticated`]).
     pub fn peer(&self) -> &PublicKey {
         &self.peer
+    }
+
+    /// Whether the peer's signature has verified (always on the
+    /// connecting side; on the accepting side once message 3 arrived).
+    pub fn is_authenticated(&self) -> bool {
+        self.awaiting_finish.is_none()
     }
 
     /// The link underneath (its counters, its MTU).
@@ -413,43 +445,75 @@ fn pass<L: Link>(from: &mut L, to: &mut L) -> Result<Vec<u8>, SecureError> {
     }
 }
 
-/// Runs the whole exchange between the two ends of one link that share a
-/// clock (an emulated pair: tests and the benchmark), `initiator` holding
-/// end `a`; returns both ends secured.
-pub fn establish_pair<L: Link>(
+/// The connecting end of an exchange run by [`open_pair`], message 2 on
+/// its way to it.
+#[derive(Debug)]
+pub struct Opening<L> {
+    link: L,
+    state: Initiator,
+    initiator: meshpay_proto::prelude::SecretKey,
+}
+
+impl<L: Link> Opening<L> {
+    /// Takes message 2 (the responder's end, `other`, is pumped for the
+    /// link's credits), sends message 3: the connecting end, secured.
+    pub fn finish(mut self, other: &mut SecureLink<L>) -> Result<SecureLink<L>, SecureError> {
+        let answer = pass(&mut other.inner, &mut self.link)?;
+        let (peer, th) = self.state.answer(&answer)?;
+        let signature = self.initiator.sign(SIGNATURE_TAG, &signed_part(true, &th));
+        let (keys, finish) = self.state.finish(&answer, &th, &signature)?;
+        self.link.send(&finish)?;
+        Ok(SecureLink {
+            inner: self.link,
+            keys,
+            peer,
+            awaiting_finish: None,
+            broken: false,
+        })
+    }
+}
+
+/// Starts the exchange between the two ends of one link that share a clock
+/// (an emulated or in-memory pair: tests and the benchmark) in one
+/// thread, `initiator` holding end `a`: message 1 is delivered and message
+/// 2 sent. Returns the connecting end, to finish with [`Opening::finish`],
+/// and the responder's end, ready to send (as a payee sends its invoice
+/// at once).
+pub fn open_pair<L: Link>(
     mut a: L,
     mut b: L,
     initiator: &meshpay_proto::prelude::SecretKey,
     responder: &meshpay_proto::prelude::SecretKey,
-) -> Result<(SecureLink<L>, SecureLink<L>), SecureError> {
-    let (state, hello) = Initiator::start(&initiator.public())?;
+    purpose: u8,
+) -> Result<(Opening<L>, SecureLink<L>), SecureError> {
+    let (state, hello) = Initiator::start(&initiator.public(), purpose)?;
     a.send(&hello)?;
     let hello = pass(&mut a, &mut b)?;
     let answering = Answering::hello(&hello, &responder.public())?;
     let signature = responder.sign(SIGNATURE_TAG, &signed_part(false, &answering.th));
     let (answered, answer) = answering.answer(&signature)?;
     b.send(&answer)?;
-    let answer = pass(&mut b, &mut a)?;
-    let (r_pub, th) = state.answer(&answer)?;
-    let signature = initiator.sign(SIGNATURE_TAG, &signed_part(true, &th));
-    let (a_keys, finish) = state.finish(&answer, &th, &signature)?;
-    a.send(&finish)?;
-    let finish = pass(&mut a, &mut b)?;
-    let (b_keys, i_pub) = answered.finish(&finish)?;
     Ok((
-        SecureLink {
-            inner: a,
-            keys: a_keys,
-            peer: r_pub,
-            broken: false,
+        Opening {
+            link: a,
+            state,
+            initiator: initiator.clone(),
         },
-        SecureLink {
-            inner: b,
-            keys: b_keys,
-            peer: i_pub,
-            broken: false,
-        },
+        answered.into_link(b),
     ))
+}
+
+/// The whole exchange over a shared-clock pair ([`open_pair`], then
+/// [`Opening::finish`]).
+pub fn establish_pair<L: Link>(
+    a: L,
+    b: L,
+    initiator: &meshpay_proto::prelude::SecretKey,
+    responder: &meshpay_proto::prelude::SecretKey,
+) -> Result<(SecureLink<L>, SecureLink<L>), SecureError> {
+    let (opening, mut b) = open_pair(a, b, initiator, responder, 0)?;
+    let a = opening.finish(&mut b)?;
+    Ok((a, b))
 }
 
 impl<L: Link> Link for SecureLink<L> {
@@ -472,6 +536,16 @@ impl<L: Link> Link for SecureLink<L> {
     fn try_recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
         if self.broken {
             return Err(LinkError::Tampered);
+        }
+        if let Some(th) = self.awaiting_finish {
+            let Some(finish) = self.inner.try_recv()? else {
+                return Ok(None);
+            };
+            if Answered::check_finish(&self.peer, &th, &finish).is_err() {
+                self.broken = true;
+                return Err(LinkError::Tampered);
+            }
+            self.awaiting_finish = None;
         }
         let Some(sealed) = self.inner.try_recv()? else {
             return Ok(None);
@@ -609,7 +683,7 @@ mod tests {
             SecretKey::from_seed(&[3; 32]),
         );
         // A responder that claims r's key but signs with another.
-        let (initiator, hello) = Initiator::start(&i.public()).expect("in a test");
+        let (initiator, hello) = Initiator::start(&i.public(), 1).expect("in a test");
         let answering = Answering::hello(&hello, &r.public()).expect("in a test");
         let forged = thief.sign(SIGNATURE_TAG, &signed_part(false, &answering.th));
         let (_, answer) = answering.answer(&forged).expect("in a test");
@@ -618,7 +692,7 @@ mod tests {
             Some(SecureError::BadSignature)
         );
         // An initiator that claims i's key but signs with another.
-        let (initiator, hello) = Initiator::start(&i.public()).expect("in a test");
+        let (initiator, hello) = Initiator::start(&i.public(), 1).expect("in a test");
         let answering = Answering::hello(&hello, &r.public()).expect("in a test");
         let r_sig = r.sign(SIGNATURE_TAG, &signed_part(false, &answering.th));
         let (answered, answer) = answering.answer(&r_sig).expect("in a test");
@@ -626,11 +700,11 @@ mod tests {
         let forged = thief.sign(SIGNATURE_TAG, &signed_part(true, &th));
         let (_, finish) = initiator.finish(&answer, &th, &forged).expect("in a test");
         assert_eq!(
-            answered.finish(&finish).err(),
+            Answered::check_finish(&answered.peer, &answered.th, &finish).err(),
             Some(SecureError::BadSignature)
         );
         // A signature from another exchange (another transcript) fails too.
-        let (_, hello2) = Initiator::start(&i.public()).expect("in a test");
+        let (_, hello2) = Initiator::start(&i.public(), 1).expect("in a test");
         let other = Answering::hello(&hello2, &r.public()).expect("in a test");
         assert_ne!(other.th, th);
         // Bad input is typed, never a panic.
@@ -646,6 +720,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_side_connected_to_opens_nothing_before_message_3_verifies() {
+        let (i, r, thief) = (
+            SecretKey::from_seed(&[1; 32]),
+            SecretKey::from_seed(&[2; 32]),
+            SecretKey::from_seed(&[3; 32]),
+        );
+        let (mut a, b) = MemoryLink::pair();
+        let (state, hello) = Initiator::start(&i.public(), 1).expect("in a test");
+        a.send(&hello).expect("in a test");
+        let (mut b, purpose) =
+            SecureLink::accept(b, &r.public(), sign_with(&r), 1_000).expect("in a test");
+        assert_eq!((purpose, b.is_authenticated()), (1, false));
+        // It may already send (a payee its invoice)...
+        b.send(b"invoice").expect("in a test");
+        let answer = a.try_recv().expect("in a test").expect("message 2");
+        let (_, th) = state.answer(&answer).expect("in a test");
+        // ...but a message 3 signed by another key than the one claimed
+        // closes the link before the sealed transfer behind it is opened.
+        let forged = thief.sign(SIGNATURE_TAG, &signed_part(true, &th));
+        let (keys, finish) = state.finish(&answer, &th, &forged).expect("in a test");
+        a.send(&finish).expect("in a test");
+        let transfer = keys
+            .send
+            .encrypt(&nonce(0), &b"transfer"[..])
+            .expect("in a test");
+        a.send(&transfer).expect("in a test");
+        assert_eq!(b.try_recv(), Err(LinkError::Tampered));
+        assert!(!b.is_authenticated());
+    }
+
     proptest::proptest! {
         /// Whatever bytes a peer sends at any step of the exchange, or as a
         /// sealed message, the answer is a typed error, never a panic.
@@ -655,12 +760,12 @@ mod tests {
         ) {
             let (i, r) = (SecretKey::from_seed(&[1; 32]), SecretKey::from_seed(&[2; 32]));
             let _ = Answering::hello(&bytes, &r.public());
-            let (initiator, hello) = Initiator::start(&i.public()).expect("in a test");
+            let (initiator, hello) = Initiator::start(&i.public(), 1).expect("in a test");
             let _ = initiator.answer(&bytes);
             let answering = Answering::hello(&hello, &r.public()).expect("in a test");
             let r_sig = r.sign(SIGNATURE_TAG, &signed_part(false, &answering.th));
             let (answered, _) = answering.answer(&r_sig).expect("in a test");
-            proptest::prop_assert!(answered.finish(&bytes).is_err());
+            proptest::prop_assert!(Answered::check_finish(&answered.peer, &answered.th, &bytes).is_err());
             let (mut a, mut b) = pair(&i, &r);
             a.inner.send(&bytes).expect("in a test");
             // Not sealed by the peer: refused (a forgery of 16+ bytes
@@ -705,7 +810,9 @@ mod tests {
         let r_pub = r.public();
         let expect = Some(r_pub.as_bytes()[..4].try_into().expect("4 bytes"));
         let responder = std::thread::spawn(move || {
-            let mut b = SecureLink::accept(b, &r_pub, sign_with(&r), 5_000).expect("in a test");
+            let (mut b, purpose) =
+                SecureLink::accept(b, &r_pub, sign_with(&r), 5_000).expect("in a test");
+            assert_eq!(purpose, 7);
             let m = loop {
                 if let Some(m) = b.try_recv().expect("in a test") {
                     break m;
@@ -714,8 +821,8 @@ mod tests {
             };
             (m, *b.peer())
         });
-        let mut a =
-            SecureLink::connect(a, &i.public(), expect, sign_with(&i), 5_000).expect("in a test");
+        let mut a = SecureLink::connect(a, &i.public(), expect, 7, sign_with(&i), 5_000)
+            .expect("in a test");
         assert_eq!(
             Some(a.peer().as_bytes()[..4].try_into().expect("4 bytes")),
             expect
@@ -736,7 +843,7 @@ mod tests {
         let r = SecretKey::from_seed(&[2; 32]);
         let r_pub = r.public();
         std::thread::spawn(move || SecureLink::accept(b, &r_pub, sign_with(&r), 5_000).map(|_| ()));
-        let err = SecureLink::connect(a, &i.public(), Some([9; 4]), sign_with(&i), 5_000)
+        let err = SecureLink::connect(a, &i.public(), Some([9; 4]), 7, sign_with(&i), 5_000)
             .expect_err("refused");
         assert!(matches!(err, SecureError::WrongPeer { .. }), "{err}");
     }
