@@ -4,7 +4,7 @@
 //! over the emulated BLE link, receipts are durable on both sides and
 //! ledgers converge; and one node runs BLE and the LAN mesh at once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod process;
 
-use process::{Nodes, await_status, json, meshpay, run};
+use process::{Nodes, await_status, give_allowance, json, meshpay, run, setup};
 
 /// Starts `meshpay node run` on `dir` with `extra` arguments; waits for
 /// its control API.
@@ -34,38 +34,6 @@ fn start(nodes: &mut Nodes, dir: &Path, extra: &[&str]) -> Value {
 
 fn air_args<'a>(air: &'a str, position: &'a str) -> [&'a str; 4] {
     ["--ble-emulated", air, "--ble-position", position]
-}
-
-/// An issuer and `n` initialised nodes under `root`.
-fn setup(root: &Path, names: &[&str]) -> (PathBuf, String, Vec<PathBuf>) {
-    let issuer_key = root.join("issuer.key");
-    let issuer = run(&["issuer", "new", "--out", &issuer_key.display().to_string()]);
-    let dirs: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
-    for d in &dirs {
-        run(&[
-            "init",
-            "--data-dir",
-            &d.display().to_string(),
-            "--issuer",
-            issuer.trim(),
-            "--no-mdns",
-        ]);
-    }
-    (issuer_key, issuer.trim().to_string(), dirs)
-}
-
-fn give_allowance(issuer_key: &Path, dir: &str, wallet: &Value) {
-    let allowance = run(&[
-        "issuer",
-        "allowance",
-        "--key",
-        &issuer_key.display().to_string(),
-        "--wallet",
-        wallet.as_str().expect("wallet"),
-        "--amount",
-        "100.00",
-    ]);
-    run(&["allowance", "add", "--data-dir", dir, allowance.trim()]);
 }
 
 fn history(dir: &str) -> Vec<Value> {

@@ -2,7 +2,7 @@
 //! person would: an issuer signs an allowance, one node pays another over
 //! the libp2p mesh, and every node's ledger converges.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 mod process;
 
-use process::{Nodes, await_status, json, meshpay, run};
+use process::{Nodes, await_status, give_allowance, json, meshpay, run, setup, signed_allowance};
 
 fn start(nodes: &mut Nodes, dir: &Path, peers: &[String]) -> Value {
     start_on(nodes, dir, peers, "/ip4/127.0.0.1/tcp/0")
@@ -44,23 +44,7 @@ fn addr_of(status: &Value) -> String {
 #[test]
 fn three_nodes_pay_over_loopback_and_agree_on_the_ledger() {
     let root = tempfile::tempdir().expect("dir");
-    let issuer_key = root.path().join("issuer.key");
-    let issuer = run(&["issuer", "new", "--out", &issuer_key.display().to_string()]);
-    let issuer = issuer.trim();
-    let dirs: Vec<PathBuf> = ["a", "b", "c"]
-        .iter()
-        .map(|n| root.path().join(n))
-        .collect();
-    for d in &dirs {
-        run(&[
-            "init",
-            "--data-dir",
-            &d.display().to_string(),
-            "--issuer",
-            issuer,
-            "--no-mdns",
-        ]);
-    }
+    let (issuer_key, _, dirs) = setup(root.path(), &["a", "b", "c"]);
     let ds: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
 
     let mut nodes = Nodes(Vec::new());
@@ -69,17 +53,7 @@ fn three_nodes_pay_over_loopback_and_agree_on_the_ledger() {
     let a = start(&mut nodes, &dirs[0], &[addr_of(&b)]);
 
     // Online, before going offline: the issuer signs an allowance for a.
-    let allowance = run(&[
-        "issuer",
-        "allowance",
-        "--key",
-        &issuer_key.display().to_string(),
-        "--wallet",
-        a["wallet"].as_str().expect("wallet"),
-        "--amount",
-        "100.00",
-    ]);
-    run(&["allowance", "add", "--data-dir", &ds[0], allowance.trim()]);
+    give_allowance(&issuer_key, &ds[0], &a["wallet"]);
 
     // b asks for 4.50; a pays it over the mesh.
     let token = run(&["request", "--data-dir", &ds[1], "4.50", "--memo", "coffee"]);
@@ -178,15 +152,9 @@ fn a_double_spend_across_a_partition_is_caught_when_it_heals() {
     } else {
         (root.path().to_path_buf(), Some(root))
     };
-    let issuer_key = root_path.as_path().join("issuer.key");
-    let issuer = run(&["issuer", "new", "--out", &issuer_key.display().to_string()]);
-    let issuer = issuer.trim();
     let names = ["alice", "bob", "carol", "dave", "mallory"];
-    let dirs: Vec<PathBuf> = names.iter().map(|n| root_path.as_path().join(n)).collect();
+    let (issuer_key, _, dirs) = setup(&root_path, &names);
     let ds: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    for d in &ds {
-        run(&["init", "--data-dir", d, "--issuer", issuer, "--no-mdns"]);
-    }
     // Mallory is a clone of alice's phone: the same wallet key, its own
     // database (restored before alice's first payment).
     std::fs::remove_file(dirs[4].join("wallet.key")).expect("rm");
@@ -200,18 +168,9 @@ fn a_double_spend_across_a_partition_is_caught_when_it_heals() {
     let carol = start(&mut nodes, &dirs[2], &[]); // 2
     let dave = start(&mut nodes, &dirs[3], &[addr_of(&carol)]); // 3
     start(&mut nodes, &dirs[4], &[addr_of(&carol), addr_of(&dave)]); // 4
-    let allowance = run(&[
-        "issuer",
-        "allowance",
-        "--key",
-        &issuer_key.display().to_string(),
-        "--wallet",
-        alice["wallet"].as_str().expect("wallet"),
-        "--amount",
-        "100.00",
-    ]);
-    run(&["allowance", "add", "--data-dir", &ds[0], allowance.trim()]);
-    run(&["allowance", "add", "--data-dir", &ds[4], allowance.trim()]);
+    let allowance = signed_allowance(&issuer_key, &alice["wallet"], &[]);
+    run(&["allowance", "add", "--data-dir", &ds[0], &allowance]);
+    run(&["allowance", "add", "--data-dir", &ds[4], &allowance]);
 
     // The same money, spent on both sides.
     let token = run(&["request", "--data-dir", &ds[1], "40.00"]);
@@ -308,41 +267,23 @@ fn kill_9_at_random_moments_loses_nothing_and_reuses_no_sequence_number() {
     use meshpay_proto::prelude::*;
 
     let root = tempfile::tempdir().expect("dir");
-    let issuer_key = root.path().join("issuer.key");
-    let issuer = run(&["issuer", "new", "--out", &issuer_key.display().to_string()]);
-    let (payer_dir, payee_dir) = (root.path().join("payer"), root.path().join("payee"));
+    let (issuer_key, _, dirs) = setup(root.path(), &["payer", "payee"]);
+    let (payer_dir, payee_dir) = (dirs[0].clone(), dirs[1].clone());
     let (pd, qd) = (
         payer_dir.display().to_string(),
         payee_dir.display().to_string(),
     );
-    for d in [&pd, &qd] {
-        run(&[
-            "init",
-            "--data-dir",
-            d,
-            "--issuer",
-            issuer.trim(),
-            "--no-mdns",
-        ]);
-    }
     let payee_listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
     let mut nodes = Nodes(Vec::new());
     let payee = start_on(&mut nodes, &payee_dir, &[], &payee_listen); // 0
     let payee_addr = addr_of(&payee);
     let payer = start(&mut nodes, &payer_dir, std::slice::from_ref(&payee_addr)); // 1
-    let allowance = run(&[
-        "issuer",
-        "allowance",
-        "--key",
-        &issuer_key.display().to_string(),
-        "--wallet",
-        payer["wallet"].as_str().expect("wallet"),
-        "--amount",
-        "10000.00",
-        "--max-payments",
-        "1000",
-    ]);
-    run(&["allowance", "add", "--data-dir", &pd, allowance.trim()]);
+    let allowance = signed_allowance(
+        &issuer_key,
+        &payer["wallet"],
+        &["--amount", "10000.00", "--max-payments", "1000"],
+    );
+    run(&["allowance", "add", "--data-dir", &pd, &allowance]);
 
     // A small deterministic generator for the kill schedule.
     let mut state = 0x2545_f491_4f6c_dd1du64;

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -117,4 +117,50 @@ pub fn await_status(dir: &Path, log: Option<&Path>) -> Value {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// An issuer (its key file and public key) and nodes `names` initialised
+/// under `root` for it, without mDNS: `(issuer key file, issuer, dirs)`.
+pub fn setup(root: &Path, names: &[&str]) -> (PathBuf, String, Vec<PathBuf>) {
+    let issuer_key = root.join("issuer.key");
+    let issuer = run(&["issuer", "new", "--out", &issuer_key.display().to_string()]);
+    let dirs: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
+    for d in &dirs {
+        run(&[
+            "init",
+            "--data-dir",
+            &d.display().to_string(),
+            "--issuer",
+            issuer.trim(),
+            "--no-mdns",
+        ]);
+    }
+    (issuer_key, issuer.trim().to_string(), dirs)
+}
+
+/// An allowance the issuer signs for `wallet` (100.00 unless `extra`
+/// says otherwise, e.g. `["--amount", "10000.00"]`), as `allowance add`
+/// takes it.
+pub fn signed_allowance(issuer_key: &Path, wallet: &Value, extra: &[&str]) -> String {
+    let key = issuer_key.display().to_string();
+    let mut args = vec![
+        "issuer",
+        "allowance",
+        "--key",
+        &key,
+        "--wallet",
+        wallet.as_str().expect("wallet"),
+    ];
+    if !extra.contains(&"--amount") {
+        args.extend(["--amount", "100.00"]);
+    }
+    args.extend(extra);
+    run(&args).trim().to_string()
+}
+
+/// Signs an allowance of 100.00 for `wallet` and adds it to the node in
+/// `dir`.
+pub fn give_allowance(issuer_key: &Path, dir: &str, wallet: &Value) {
+    let allowance = signed_allowance(issuer_key, wallet, &[]);
+    run(&["allowance", "add", "--data-dir", dir, &allowance]);
 }
