@@ -46,13 +46,18 @@ pub fn table(r: &Report) -> String {
         ("settlement", |s| s.settlement),
     ];
     for (name, g) in rows {
+        // Against a limit of zero no ratio exists: show how much later.
+        let ratio = match (g(&d.ratio), g(&d.measured_median), g(&d.limit_median)) {
+            (None, Some(m), Some(0.0)) => format!("+{m:.1} s"),
+            (r, _, _) => x(r),
+        };
         let _ = writeln!(
             s,
             "  {:<22} {:>10} {:>10} {:>8}",
             name,
             f(g(&d.measured_median)),
             f(g(&d.limit_median)),
-            x(g(&d.ratio))
+            ratio
         );
     }
     let fr = &r.fraud;
@@ -78,13 +83,20 @@ pub fn table(r: &Report) -> String {
     let c = &r.cost;
     let _ = writeln!(
         s,
-        "gossip bytes: {} sent (urgent proofs resent at every session start: {}); naive flooding {} ({:.1} %); naive once per peer {} ({:.1} %)",
+        "gossip bytes: {} sent (urgent proofs resent at every session start: {}; LAN push: {}); naive flooding {} ({:.1} %); naive once per peer {} ({:.1} %)",
         c.sync_bytes_sent,
         r.sessions.urgent_bytes,
+        c.push_bytes_sent,
         c.naive_stateless_bytes,
         c.ratio_to_stateless * 100.0,
         c.naive_flooding_bytes,
         c.ratio_to_naive * 100.0
+    );
+    let p = &r.push;
+    let _ = writeln!(
+        s,
+        "LAN push: {} messages published, {} copies delivered ({} taught a proof, {} refused)",
+        p.published, p.deliveries, p.new_at_receiver, p.refused
     );
     let _ = writeln!(
         s,

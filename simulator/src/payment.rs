@@ -32,6 +32,9 @@ pub struct PaymentResult {
     /// acknowledgement (or the refusal), microseconds; excludes connection
     /// set-up.
     pub protocol_us: f64,
+    /// A proof the payee refused the payment with, and when (microseconds
+    /// into the payment): what the node publishes to its LAN at once.
+    pub publish: Option<(ConflictProof, f64)>,
 }
 
 /// Carries one message across: returns its bytes after decoding on the
@@ -89,6 +92,7 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
     let mut end = PaymentEnd::Uncertain;
     let mut proof = None;
     let mut sent = None;
+    let mut publish = None;
     let now = |us: f64| Millis(t + (us / 1000.0) as u64);
     for _ in 0..8 {
         // Payee to payer.
@@ -173,6 +177,9 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
                     payee.touch();
                     proof = Some(Box::new(p));
                 }
+                PayeeEffect::Refused(PaymentError::Conflict(p)) => {
+                    publish = Some((*p, elapsed));
+                }
                 PayeeEffect::Refused(_) => {}
             }
         }
@@ -186,6 +193,7 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
     PaymentResult {
         end,
         protocol_us: elapsed,
+        publish,
     }
 }
 

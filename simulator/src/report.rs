@@ -45,6 +45,8 @@ pub struct Report {
     pub cost: CostSummary,
     /// Sync sessions.
     pub sessions: SessionCounts,
+    /// The LAN push of urgent entries.
+    pub push: crate::push::PushCounts,
     /// What adversarial peers and replays achieved.
     pub adversaries: Adversaries,
     /// Per ledger device (also the CSV).
@@ -166,8 +168,11 @@ pub struct Settlement {
 /// Costs.
 #[derive(Debug, Clone, Serialize)]
 pub struct CostSummary {
-    /// Bytes sent by ledger devices in sync sessions.
+    /// Gossip bytes: sent by ledger devices in sync sessions and in the
+    /// LAN push.
     pub sync_bytes_sent: u64,
+    /// Of them, the LAN push's.
+    pub push_bytes_sent: u64,
     /// What naive flooding (every device forwards every message it holds
     /// to every peer it meets, once per peer) would have sent.
     pub naive_flooding_bytes: u64,
@@ -354,7 +359,7 @@ impl Report {
             proof_limit.insert(c.allowance, proof.clone());
             let settle = (0..both.len())
                 .filter(|&d| both[d] != NEVER)
-                .map(|d| settle_limit.earliest(d as u32, both[d]))
+                .map(|d| settle_limit.earliest(&sim.history, d as u32, both[d]))
                 .min()
                 .unwrap_or(NEVER);
             let limit_times: Vec<SimTime> = honest.iter().map(|&d| proof[d]).collect();
@@ -463,7 +468,7 @@ impl Report {
         let limit: Vec<SimTime> = honest_paid
             .iter()
             // From the payment's start, as for conflicts: a lower bound.
-            .map(|p| settle_limit.earliest(p.payee, p.t))
+            .map(|p| settle_limit.earliest(&sim.history, p.payee, p.t))
             .collect();
         let hours = sim.scenario.duration_hours.ceil() as u32;
         let share = |v: &[SimTime], h: u32| {
@@ -509,11 +514,13 @@ impl Report {
                 v.last().copied().unwrap_or(0),
             )
         };
-        let sync_bytes: u64 = rows.iter().map(|r| r.cost.sync_bytes_sent).sum();
+        let push_bytes: u64 = rows.iter().map(|r| r.cost.push_bytes_sent).sum();
+        let sync_bytes: u64 = rows.iter().map(|r| r.cost.sync_bytes_sent).sum::<u64>() + push_bytes;
         let radio = mid_max(rows.iter().map(|r| r.cost.radio_on_us).collect());
         let nw = sim.wallets.len().max(1) as f64;
         let cost = CostSummary {
             sync_bytes_sent: sync_bytes,
+            push_bytes_sent: push_bytes,
             naive_flooding_bytes: sim.naive_bytes,
             ratio_to_naive: sync_bytes as f64 / sim.naive_bytes.max(1) as f64,
             naive_stateless_bytes: sim.naive_stateless_bytes,
@@ -557,6 +564,7 @@ impl Report {
             settlement,
             cost,
             sessions: sim.sessions.clone(),
+            push: sim.push.clone(),
             adversaries,
             devices: rows,
         }

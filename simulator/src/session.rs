@@ -39,6 +39,9 @@ pub struct SessionResult {
     /// Bytes of the two opening `Urgent` messages (every proof and the
     /// revocation list each side holds, sent before the hello).
     pub urgent_bytes: u64,
+    /// Proofs each side (`a`, `b`) learnt in a session that ended agreed:
+    /// what the node publishes to its LAN when a session finishes.
+    pub learnt: [Vec<meshpay_proto::conflict::ConflictProof>; 2],
 }
 
 /// Size of the `Urgent` message a session opened on `ledger` sends first.
@@ -172,7 +175,9 @@ pub fn run<R: rand::Rng + ?Sized>(
         a.touch();
         b.touch();
     }
+    let mut learnt = [Vec::new(), Vec::new()];
     if end == SessionEnd::Agreed {
+        learnt = [sa.stats().new_proofs.clone(), sb.stats().new_proofs.clone()];
         let epoch_a = a.ledger.epoch();
         let epoch_b = b.ledger.epoch();
         a.peers.insert(ib, (epoch_a, sa.into_peer_state()));
@@ -184,6 +189,7 @@ pub fn run<R: rand::Rng + ?Sized>(
         changed,
         refusal,
         urgent_bytes,
+        learnt,
     }
 }
 

@@ -13,6 +13,7 @@ use crate::devices::{Behaviour, LedgerDevice, Wallet, pair_mut};
 use crate::limit::{ContactHistory, Windows};
 use crate::link::{LinkKind, LinkModel};
 use crate::payment::{self, PaymentEnd};
+use crate::push::{self, PushCounts};
 use crate::scenario::Scenario;
 use crate::session::{self, SessionEnd};
 use crate::settle;
@@ -60,8 +61,23 @@ pub struct ConflictFact {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Tick,
-    Pay { wallet: u32, tries: u32 },
+    Pay {
+        wallet: u32,
+        tries: u32,
+    },
     Replay,
+    /// A pushed urgent message reaches one LAN peer.
+    Deliver {
+        push: u64,
+        to: DeviceId,
+    },
+}
+
+/// An urgent message on its way to LAN peers.
+struct InFlight {
+    entries: Vec<meshpay_proto::ledger::Entry>,
+    /// Deliveries still to come.
+    left: usize,
 }
 
 /// Counters of sync sessions.
@@ -124,6 +140,10 @@ pub struct Simulation {
     backoff: BTreeMap<(DeviceId, DeviceId), (SimTime, u32)>,
     /// Sync sessions.
     pub sessions: SessionCounts,
+    /// The LAN push of urgent entries.
+    pub push: PushCounts,
+    in_flight: BTreeMap<u64, InFlight>,
+    next_push: u64,
     /// Replayed transfers by what the payee said.
     pub replays: BTreeMap<String, u64>,
     recent: VecDeque<(Transfer, Allowance, DeviceId)>,
@@ -280,6 +300,9 @@ impl Simulation {
             naive_stateless_bytes: 0,
             backoff: BTreeMap::new(),
             sessions: SessionCounts::default(),
+            push: PushCounts::default(),
+            in_flight: BTreeMap::new(),
+            next_push: 0,
             replays: BTreeMap::new(),
             recent: VecDeque::new(),
             no_payee: 0,
@@ -364,6 +387,7 @@ impl Simulation {
                 }
                 Event::Pay { wallet, tries } => self.pay(t, wallet, tries),
                 Event::Replay => self.replay(t),
+                Event::Deliver { push, to } => self.deliver(t, push, to),
             }
         }
     }
@@ -450,6 +474,11 @@ impl Simulation {
             let t_end = t0 + (r.elapsed_us / 1000.0) as SimTime;
             busy[a] = t_end;
             busy[b] = t_end;
+            // A finished session's new proofs go to the LAN at once.
+            let end_us = t0 as f64 * 1000.0 + r.elapsed_us;
+            let [learnt_a, learnt_b] = r.learnt;
+            self.publish(c.a, learnt_a, end_us);
+            self.publish(c.b, learnt_b, end_us);
             *self.sessions.by_end.entry(r.end).or_default() += 1;
             self.events += 1;
             self.sessions.urgent_bytes += r.urgent_bytes;
@@ -584,6 +613,9 @@ impl Simulation {
             PaymentEnd::Refused(rule, _, tr) => (Some(*tr.header()), false, Some(*rule)),
             PaymentEnd::PayerRefused | PaymentEnd::Uncertain => (None, false, None),
         };
+        if let Some((proof, at_us)) = r.publish {
+            self.publish(payee, vec![proof], t as f64 * 1000.0 + at_us);
+        }
         if let PaymentEnd::Paid(tr) | PaymentEnd::Refused(_, _, tr) = &r.end {
             // From the payment's start: the payee takes the header in
             // during the exchange, never before, so the limit stays a lower
@@ -605,6 +637,96 @@ impl Simulation {
             protocol_us: r.protocol_us,
             settled: None,
         });
+    }
+
+    /// `from` publishes `proofs` on its LAN at `at_us` (microseconds), as
+    /// the node's `publish_urgent` does: one copy to each peer on its LAN
+    /// in turn over its link (flood publish), each receiver forwarding
+    /// duplicates to its gossipsub mesh. Only honest devices publish (a
+    /// forger's flipped bits fail gossipsub's signature check, a staller
+    /// is silent).
+    fn publish(&mut self, from: DeviceId, proofs: Vec<ConflictProof>, at_us: f64) {
+        if proofs.is_empty() || self.devices[from as usize].behaviour != Behaviour::Honest {
+            return;
+        }
+        let t = (at_us / 1000.0) as SimTime;
+        let zone: Vec<DeviceId> = self
+            .history
+            .lan_at(from, t)
+            .iter()
+            .copied()
+            .filter(|&d| d != from)
+            .collect();
+        if zone.is_empty() {
+            return;
+        }
+        let Some((entries, size)) = push::message(&self.devices[from as usize].ledger, proofs)
+        else {
+            return;
+        };
+        let id = self.next_push;
+        self.next_push += 1;
+        self.push.published += 1;
+        self.in_flight.insert(
+            id,
+            InFlight {
+                entries,
+                left: zone.len(),
+            },
+        );
+        let forwards = push::MESH_N.min(zone.len() as u64 - 1);
+        let mut clock = at_us + self.lan.turn_us();
+        for &to in &zone {
+            let (dt, bytes) = self.lan.frame(size as usize, &mut self.rng);
+            clock += dt;
+            let sender = &mut self.devices[from as usize].cost;
+            sender.bytes_sent += bytes;
+            sender.push_bytes_sent += bytes;
+            // The receiver's forwards: duplicates to its mesh peers,
+            // counted as its bytes sent and (on average) received.
+            let dup = forwards * size;
+            let receiver = &mut self.devices[to as usize].cost;
+            receiver.bytes_received += bytes + dup;
+            receiver.bytes_sent += dup;
+            receiver.push_bytes_sent += dup;
+            self.push.bytes += bytes + dup;
+            let arrive = (clock / 1000.0).ceil() as SimTime;
+            self.push(arrive, Event::Deliver { push: id, to });
+        }
+    }
+
+    /// A pushed message reaches `to` at `t`: its ledger takes it as the
+    /// node's `on_urgent` does.
+    fn deliver(&mut self, t: SimTime, id: u64, to: DeviceId) {
+        let Some(flight) = self.in_flight.get_mut(&id) else {
+            return;
+        };
+        flight.left -= 1;
+        let entries = if flight.left == 0 {
+            self.in_flight
+                .remove(&id)
+                .map(|f| f.entries)
+                .unwrap_or_default()
+        } else {
+            flight.entries.clone()
+        };
+        self.push.deliveries += 1;
+        let device = &mut self.devices[to as usize];
+        match push::receive(&mut device.ledger, entries) {
+            Ok(new) => {
+                if !new.is_empty() {
+                    self.push.new_at_receiver += 1;
+                    device.touch();
+                }
+                for p in new {
+                    device.hold_proof(p.allowance(), t);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pushed urgent entries refused");
+                self.push.refused += 1;
+            }
+        }
     }
 
     /// Ground truth: the first pair of conflicting headers per allowance.
