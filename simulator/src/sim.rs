@@ -61,16 +61,8 @@ pub struct ConflictFact {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Tick,
-    Pay {
-        wallet: u32,
-        tries: u32,
-    },
+    Pay { wallet: u32, tries: u32 },
     Replay,
-    /// A pushed urgent message reaches one LAN peer.
-    Deliver {
-        push: u64,
-        to: DeviceId,
-    },
 }
 
 /// An urgent message on its way to LAN peers.
@@ -144,12 +136,18 @@ pub struct Simulation {
     pub push: PushCounts,
     in_flight: BTreeMap<u64, InFlight>,
     next_push: u64,
+    /// Copies of pushed messages on their way: (arrival, order, message,
+    /// receiver). Kept apart from the event queue so that the sessions of
+    /// a tick, which run one after the other, see what arrived before each
+    /// starts.
+    deliveries: BinaryHeap<Reverse<(SimTime, u64, u64, DeviceId)>>,
     /// Replayed transfers by what the payee said.
     pub replays: BTreeMap<String, u64>,
     recent: VecDeque<(Transfer, Allowance, DeviceId)>,
     /// Payments given up because no payee was in reach.
     pub no_payee: u64,
-    /// Events processed: payments, ticks, replays and sync sessions.
+    /// Events processed: payments, ticks, replays, sync sessions and
+    /// deliveries of pushed messages.
     pub events: u64,
     /// Uplink windows.
     pub windows: Windows,
@@ -303,6 +301,7 @@ impl Simulation {
             push: PushCounts::default(),
             in_flight: BTreeMap::new(),
             next_push: 0,
+            deliveries: BinaryHeap::new(),
             replays: BTreeMap::new(),
             recent: VecDeque::new(),
             no_payee: 0,
@@ -375,6 +374,7 @@ impl Simulation {
             if t > self.end {
                 break;
             }
+            self.deliver_until(t);
             self.events += 1;
             match e {
                 Event::Tick => {
@@ -387,9 +387,9 @@ impl Simulation {
                 }
                 Event::Pay { wallet, tries } => self.pay(t, wallet, tries),
                 Event::Replay => self.replay(t),
-                Event::Deliver { push, to } => self.deliver(t, push, to),
             }
         }
+        self.deliver_until(self.end);
     }
 
     fn wall(&self, t: SimTime) -> Timestamp {
@@ -458,6 +458,8 @@ impl Simulation {
                 self.sessions.skipped_backoff += 1;
                 continue;
             }
+            // What the LAN pushed before this session starts is there.
+            self.deliver_until(busy[a].max(busy[b]));
             let (da, db) = pair_mut(&mut self.devices, a, b);
             if da.digest() == db.digest() {
                 self.sessions.skipped_in_sync += 1;
@@ -691,7 +693,20 @@ impl Simulation {
             receiver.push_bytes_sent += dup;
             self.push.bytes += bytes + dup;
             let arrive = (clock / 1000.0).ceil() as SimTime;
-            self.push(arrive, Event::Deliver { push: id, to });
+            self.seq += 1;
+            self.deliveries.push(Reverse((arrive, self.seq, id, to)));
+        }
+    }
+
+    /// Delivers every pushed copy that arrives at or before `t`.
+    fn deliver_until(&mut self, t: SimTime) {
+        while let Some(&Reverse((at, _, id, to))) = self.deliveries.peek() {
+            if at > t || at > self.end {
+                break;
+            }
+            self.deliveries.pop();
+            self.events += 1;
+            self.deliver(at, id, to);
         }
     }
 
