@@ -80,6 +80,22 @@ pub fn table(r: &Report) -> String {
         f(st.median_hours.0),
         f(st.median_hours.1)
     );
+    let outcomes: Vec<String> = st
+        .outcomes
+        .iter()
+        .map(|(k, o)| format!("{k} {} (value {}, paid {})", o.receipts, o.value, o.paid))
+        .collect();
+    let _ = writeln!(
+        s,
+        "settlement rules: {}; from culprits honest payees accepted {}, settlement paid them {}",
+        if outcomes.is_empty() {
+            "nothing reached settlement".to_string()
+        } else {
+            outcomes.join(", ")
+        },
+        st.culprit_value.0,
+        st.culprit_value.1
+    );
     let c = &r.cost;
     let _ = writeln!(
         s,

@@ -35,6 +35,9 @@ pub struct PaymentResult {
     /// A proof the payee refused the payment with, and when (microseconds
     /// into the payment): what the node publishes to its LAN at once.
     pub publish: Option<(ConflictProof, f64)>,
+    /// The receipt the payee stored, when it accepted: what reaches
+    /// settlement.
+    pub receipt: Option<Box<Receipt>>,
 }
 
 /// Carries one message across: returns its bytes after decoding on the
@@ -93,6 +96,7 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
     let mut proof = None;
     let mut sent = None;
     let mut publish = None;
+    let mut stored = None;
     let now = |us: f64| Millis(t + (us / 1000.0) as u64);
     for _ in 0..8 {
         // Payee to payer.
@@ -169,6 +173,7 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
                     }
                     payee.receipts += 1;
                     payee.touch();
+                    stored = Some(Box::new(receipt));
                     let _ = payee_s.receipt_persisted();
                 }
                 PayeeEffect::RecordConflict(p) => {
@@ -194,6 +199,7 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
         end,
         protocol_us: elapsed,
         publish,
+        receipt: stored,
     }
 }
 

@@ -163,6 +163,34 @@ pub struct Settlement {
     pub by_hour: Vec<(u32, f64, f64)>,
     /// Median hours from payment to settlement (measured, limit).
     pub median_hours: (Option<f64>, Option<f64>),
+    /// What the settlement rules decided for the receipts that reached
+    /// them (honest and culprit payments), by outcome.
+    pub outcomes: BTreeMap<String, OutcomeCount>,
+    /// Value honest payees accepted from culprits, and of it what
+    /// settlement paid them (the rest is their loss: the payee bears
+    /// conflict losses by default).
+    pub culprit_value: (u64, u64),
+}
+
+/// Receipts with one settlement outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutcomeCount {
+    /// How many.
+    pub receipts: u64,
+    /// Their value.
+    pub value: u64,
+    /// What reached the payees.
+    pub paid: u64,
+}
+
+/// A short name for a settlement outcome.
+fn outcome_name(o: &meshpay_proto::settlement_ack::Outcome) -> String {
+    use meshpay_proto::settlement_ack::Outcome;
+    match o {
+        Outcome::Settled => "settled".into(),
+        Outcome::Refused(r) => format!("refused: {r:?}"),
+        Outcome::Covered { refusal, .. } => format!("covered: {refusal:?}"),
+    }
 }
 
 /// Costs.
@@ -289,6 +317,7 @@ fn ratio(m: Option<f64>, l: Option<f64>) -> Option<f64> {
 impl Report {
     /// Measures a finished run.
     pub fn new(sim: &mut Simulation) -> Report {
+        sim.read_outcomes();
         let interval = sim.scenario.sync_interval_s * 1000;
         let gateways: Vec<bool> = sim.devices.iter().map(|d| d.gateway).collect();
         let settle_limit = SettlementLimit::new(&sim.history, gateways, sim.windows);
@@ -489,7 +518,25 @@ impl Report {
                 .map(|h| (h, share(&measured, h), share(&limit, h)))
                 .collect(),
             median_hours: (lat_h(&measured), lat_h(&limit)),
+            outcomes: BTreeMap::new(),
+            culprit_value: (0, 0),
         };
+        let mut settlement = settlement;
+        for p in &sim.payments {
+            let Some(o) = &p.outcome else { continue };
+            let row = settlement.outcomes.entry(outcome_name(o)).or_default();
+            row.receipts += 1;
+            row.value += p.amount;
+            row.paid += o.paid(p.amount);
+        }
+        for p in sim
+            .payments
+            .iter()
+            .filter(|p| p.accepted && p.culprit && honest_payee(p.payee))
+        {
+            settlement.culprit_value.0 += p.amount;
+            settlement.culprit_value.1 += p.outcome.map_or(0, |o| o.paid(p.amount));
+        }
 
         // Costs.
         let mut rows = Vec::new();

@@ -18,6 +18,7 @@ use crate::scenario::Scenario;
 use crate::session::{self, SessionEnd};
 use crate::settle;
 use crate::world::{Contact, DeviceId, SimTime, World, hours_ms};
+use meshpay_proto::settlement_ack::Outcome;
 
 /// A payment as it happened.
 #[derive(Debug, Clone)]
@@ -40,8 +41,13 @@ pub struct PaymentRecord {
     pub refused: Option<Rule>,
     /// Protocol time, microseconds.
     pub protocol_us: f64,
-    /// When a gateway uploaded its header.
+    /// When a gateway uploaded its receipt.
     pub settled: Option<SimTime>,
+    /// The receipt, while it waits for settlement (dropped once settled).
+    pub receipt: Option<Box<Receipt>>,
+    /// What settlement decided (the final outcome after the run, as
+    /// [`Simulation::read_outcomes`] reads it back).
+    pub outcome: Option<Outcome>,
 }
 
 /// The first two conflicting headers of one allowance, as the world
@@ -153,6 +159,8 @@ pub struct Simulation {
     pub windows: Windows,
     /// End of the run.
     pub end: SimTime,
+    /// The settlement service (the real rules).
+    pub settlement: settle::Service,
     start: Timestamp,
 }
 
@@ -270,7 +278,13 @@ impl Simulation {
             })
             .collect();
 
+        let settlement = settle::Service::new(
+            trust.clone(),
+            wallets.iter().map(|w| &w.allowance),
+            devices.iter().filter_map(|d| d.credential.as_deref()),
+        );
         let mut sim = Simulation {
+            settlement,
             ble: LinkModel::new(LinkKind::Ble, &scenario),
             lan: LinkModel::new(LinkKind::Lan, &scenario),
             history: ContactHistory::new(n_dev),
@@ -511,6 +525,7 @@ impl Simulation {
             .collect();
         let payments = &mut self.payments;
         let devices = &self.devices;
+        let mut uploaded = Vec::new();
         self.pending.retain(|&i| {
             let p = &mut payments[i];
             let Some(h) = &p.header else { return false };
@@ -519,11 +534,20 @@ impl Simulation {
                 .any(|&g| settle::settles(&devices[g].ledger, h))
             {
                 p.settled = Some(t);
+                uploaded.push(i);
                 false
             } else {
                 true
             }
         });
+        let (which, receipts): (Vec<usize>, Vec<Receipt>) = uploaded
+            .into_iter()
+            .filter_map(|i| Some((i, *payments[i].receipt.take()?)))
+            .unzip();
+        let outcomes = self.settlement.ingest(&receipts, self.start.plus(t / 1000));
+        for (i, outcome) in which.into_iter().zip(outcomes) {
+            payments[i].outcome = Some(outcome);
+        }
         for c in self.conflicts.values_mut() {
             if c.reported.is_none()
                 && gateways
@@ -638,6 +662,8 @@ impl Simulation {
             refused,
             protocol_us: r.protocol_us,
             settled: None,
+            receipt: r.receipt,
+            outcome: None,
         });
     }
 
@@ -740,6 +766,19 @@ impl Simulation {
             Err(e) => {
                 tracing::debug!(error = %e, "pushed urgent entries refused");
                 self.push.refused += 1;
+            }
+        }
+    }
+
+    /// After the run: reads back the final outcome of every receipt that
+    /// reached settlement (a fork that arrived later can have reversed an
+    /// earlier one).
+    pub fn read_outcomes(&mut self) {
+        for p in &mut self.payments {
+            if let (Some(_), Some(h)) = (p.outcome, &p.header)
+                && let Some(o) = self.settlement.outcome(h, &h.id())
+            {
+                p.outcome = Some(o);
             }
         }
     }
