@@ -80,6 +80,7 @@ pub mod sync;
 pub mod time;
 pub mod transfer;
 pub mod validate;
+pub mod verify_memo;
 pub mod wallet_request;
 
 /// The names most users need, in one import.

@@ -30,6 +30,9 @@ pub struct Cost {
     pub bytes_received: u64,
     /// Of `bytes_sent`, bytes of sync sessions (gossip).
     pub sync_bytes_sent: u64,
+    /// Of `bytes_sent`, bytes of the LAN push of urgent entries (gossip
+    /// too): copies published and forwarded.
+    pub push_bytes_sent: u64,
     /// Time with a link open (connection set-up, sessions, payments),
     /// microseconds: the energy proxy.
     pub radio_on_us: u64,

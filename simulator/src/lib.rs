@@ -30,6 +30,7 @@ pub mod link;
 pub mod output;
 pub mod payment;
 pub mod plot;
+pub mod push;
 pub mod report;
 pub mod scenario;
 pub mod session;

@@ -6,7 +6,16 @@
 //! component) shares at once everything any member holds. No protocol that
 //! moves data only over these contacts can be faster, so every measured
 //! latency is at least the limit's (checked by a test).
+//!
+//! A LAN is there all the time, not only at ticks: the node pushes conflict
+//! proofs over it the moment it learns them (gossipsub, modelled in
+//! `sim.rs`). So LAN membership, sampled at each tick like every contact,
+//! holds until the next tick, and between ticks a fact that appears at a
+//! device (a payment) floods at once to the devices on its LAN. Without
+//! this, a proof made during a payment and pushed over the LAN would beat
+//! a limit that waits for the next tick.
 
+use crate::link::LinkKind;
 use crate::world::{Contact, DeviceId, SimTime};
 
 /// Never.
@@ -19,6 +28,42 @@ pub struct ContactHistory {
     ticks: Vec<SimTime>,
     /// Per tick, its components of two or more devices.
     components: Vec<Vec<Vec<DeviceId>>>,
+    /// Per tick, the components of its LAN contacts alone (two or more
+    /// devices), which hold until the next tick.
+    lan: Vec<Vec<Vec<DeviceId>>>,
+}
+
+/// Connected components of two or more devices among `devices` devices
+/// linked by `contacts`, each sorted, in order of their smallest member.
+fn components<'a>(
+    devices: usize,
+    contacts: impl Iterator<Item = &'a Contact>,
+) -> Vec<Vec<DeviceId>> {
+    let mut parent: Vec<DeviceId> = (0..devices as DeviceId).collect();
+    fn find(p: &mut [DeviceId], mut x: DeviceId) -> DeviceId {
+        while p[x as usize] != x {
+            p[x as usize] = p[p[x as usize] as usize];
+            x = p[x as usize];
+        }
+        x
+    }
+    let mut touched = Vec::new();
+    for c in contacts {
+        let (ra, rb) = (find(&mut parent, c.a), find(&mut parent, c.b));
+        if ra != rb {
+            parent[ra.max(rb) as usize] = ra.min(rb);
+        }
+        touched.push(c.a);
+        touched.push(c.b);
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    let mut groups: std::collections::BTreeMap<DeviceId, Vec<DeviceId>> = Default::default();
+    for d in touched {
+        let r = find(&mut parent, d);
+        groups.entry(r).or_default().push(d);
+    }
+    groups.into_values().collect()
 }
 
 impl ContactHistory {
@@ -32,32 +77,26 @@ impl ContactHistory {
 
     /// Records the contacts of the tick at `now` (ticks in time order).
     pub fn record(&mut self, now: SimTime, contacts: &[Contact]) {
-        let mut parent: Vec<DeviceId> = (0..self.devices as DeviceId).collect();
-        fn find(p: &mut [DeviceId], mut x: DeviceId) -> DeviceId {
-            while p[x as usize] != x {
-                p[x as usize] = p[p[x as usize] as usize];
-                x = p[x as usize];
-            }
-            x
-        }
-        let mut touched = Vec::new();
-        for c in contacts {
-            let (ra, rb) = (find(&mut parent, c.a), find(&mut parent, c.b));
-            if ra != rb {
-                parent[ra.max(rb) as usize] = ra.min(rb);
-            }
-            touched.push(c.a);
-            touched.push(c.b);
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        let mut groups: std::collections::BTreeMap<DeviceId, Vec<DeviceId>> = Default::default();
-        for d in touched {
-            let r = find(&mut parent, d);
-            groups.entry(r).or_default().push(d);
-        }
         self.ticks.push(now);
-        self.components.push(groups.into_values().collect());
+        self.components
+            .push(components(self.devices, contacts.iter()));
+        self.lan.push(components(
+            self.devices,
+            contacts.iter().filter(|c| c.kind == LinkKind::Lan),
+        ));
+    }
+
+    /// The devices on `device`'s LAN (itself included) during the interval
+    /// that contains `t`, as the tick before it sampled them.
+    pub fn lan_at(&self, device: DeviceId, t: SimTime) -> &[DeviceId] {
+        let k = self.ticks.partition_point(|&x| x <= t);
+        if k == 0 {
+            return &[];
+        }
+        self.lan[k - 1]
+            .iter()
+            .find(|c| c.binary_search(&device).is_ok())
+            .map_or(&[], |c| c.as_slice())
     }
 
     /// Number of ticks recorded.
@@ -100,13 +139,32 @@ impl ContactHistory {
             arrival[d as usize] = arrival[d as usize].min(t);
         }
         let first = sources.iter().map(|s| s.1).min().unwrap_or(NEVER);
-        let start = self.ticks.partition_point(|&t| t < first);
+        // The interval holding the first source: its LAN floods too.
+        let start = self
+            .ticks
+            .partition_point(|&t| t <= first)
+            .saturating_sub(1);
         for k in start..self.ticks.len() {
             let t = self.ticks[k];
             for comp in &self.components[k] {
                 if comp.iter().any(|&d| arrival[d as usize] <= t) {
                     for &d in comp {
                         arrival[d as usize] = arrival[d as usize].min(t);
+                    }
+                }
+            }
+            // Until the next tick the LAN is there: whatever a member
+            // holds (from a payment between ticks) all members hold.
+            let next = self.ticks.get(k + 1).copied().unwrap_or(NEVER);
+            for comp in &self.lan[k] {
+                let m = comp
+                    .iter()
+                    .map(|&d| arrival[d as usize])
+                    .min()
+                    .unwrap_or(NEVER);
+                if m < next {
+                    for &d in comp {
+                        arrival[d as usize] = arrival[d as usize].min(m.max(t));
                     }
                 }
             }
@@ -213,17 +271,29 @@ impl SettlementLimit {
         }
     }
 
-    /// Earliest settlement of a fact held by `device` from `t` on.
-    pub fn earliest(&self, device: DeviceId, t: SimTime) -> SimTime {
-        let own = if self.gateway[device as usize] {
-            self.windows.next_open(t)
-        } else {
-            NEVER
-        };
+    /// Earliest settlement of a fact held by `device` from `t` on: by the
+    /// device itself, or by any device on its LAN until the next tick.
+    pub fn earliest(&self, history: &ContactHistory, device: DeviceId, t: SimTime) -> SimTime {
         let k = self.ticks.partition_point(|&x| x < t);
-        if k == self.ticks.len() {
-            return own;
-        }
-        own.min(self.best[k * self.devices + device as usize])
+        let own = [device];
+        let lan = history.lan_at(device, t);
+        let reach = if lan.is_empty() { &own[..] } else { lan };
+        reach
+            .iter()
+            .map(|&d| {
+                let gateway = if self.gateway[d as usize] {
+                    self.windows.next_open(t)
+                } else {
+                    NEVER
+                };
+                let later = if k == self.ticks.len() {
+                    NEVER
+                } else {
+                    self.best[k * self.devices + d as usize]
+                };
+                gateway.min(later)
+            })
+            .min()
+            .unwrap_or(NEVER)
     }
 }

@@ -56,6 +56,11 @@ enum Command {
         /// Print the summary as JSON on stdout instead of the table.
         #[arg(long = "print-json")]
         print_json: bool,
+        /// Verify every signature afresh on every device, instead of
+        /// remembering each (key, message, signature)'s result in this
+        /// process (same outcomes, more CPU: for comparing).
+        #[arg(long = "no-verify-memo")]
+        no_verify_memo: bool,
     },
     /// Checks a scenario file and prints what it describes.
     Check {
@@ -109,7 +114,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             scale,
             hours,
             print_json,
+            no_verify_memo,
         } => {
+            if !no_verify_memo {
+                // Every device verifies the same signatures as entries
+                // spread; the result for one (key, message, signature)
+                // cannot differ between devices, so this process computes
+                // it once. No device accepts anything it would not have.
+                meshpay_proto::verify_memo::enable();
+            }
             let s = Scenario::load(&scenario)?.scaled(scale, hours)?;
             let devices = s.merchants.count + s.carriers.count;
             let trace = match trace {

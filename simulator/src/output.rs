@@ -46,13 +46,18 @@ pub fn table(r: &Report) -> String {
         ("settlement", |s| s.settlement),
     ];
     for (name, g) in rows {
+        // Against a limit of zero no ratio exists: show how much later.
+        let ratio = match (g(&d.ratio), g(&d.measured_median), g(&d.limit_median)) {
+            (None, Some(m), Some(0.0)) => format!("+{m:.1} s"),
+            (r, _, _) => x(r),
+        };
         let _ = writeln!(
             s,
             "  {:<22} {:>10} {:>10} {:>8}",
             name,
             f(g(&d.measured_median)),
             f(g(&d.limit_median)),
-            x(g(&d.ratio))
+            ratio
         );
     }
     let fr = &r.fraud;
@@ -75,16 +80,39 @@ pub fn table(r: &Report) -> String {
         f(st.median_hours.0),
         f(st.median_hours.1)
     );
+    let outcomes: Vec<String> = st
+        .outcomes
+        .iter()
+        .map(|(k, o)| format!("{k} {} (value {}, paid {})", o.receipts, o.value, o.paid))
+        .collect();
+    let _ = writeln!(
+        s,
+        "settlement rules: {}; from culprits honest payees accepted {}, settlement paid them {}",
+        if outcomes.is_empty() {
+            "nothing reached settlement".to_string()
+        } else {
+            outcomes.join(", ")
+        },
+        st.culprit_value.0,
+        st.culprit_value.1
+    );
     let c = &r.cost;
     let _ = writeln!(
         s,
-        "gossip bytes: {} sent (of which Urgent messages: {}); naive flooding {} ({:.1} %); naive once per peer {} ({:.1} %)",
+        "gossip bytes: {} sent (Urgent messages: {}; LAN push: {}); naive flooding {} ({:.1} %); naive once per peer {} ({:.1} %)",
         c.sync_bytes_sent,
         r.sessions.urgent_bytes,
+        c.push_bytes_sent,
         c.naive_stateless_bytes,
         c.ratio_to_stateless * 100.0,
         c.naive_flooding_bytes,
         c.ratio_to_naive * 100.0
+    );
+    let p = &r.push;
+    let _ = writeln!(
+        s,
+        "LAN push: {} messages published, {} copies delivered ({} taught a proof, {} refused)",
+        p.published, p.deliveries, p.new_at_receiver, p.refused
     );
     let _ = writeln!(
         s,

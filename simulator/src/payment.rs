@@ -32,6 +32,12 @@ pub struct PaymentResult {
     /// acknowledgement (or the refusal), microseconds; excludes connection
     /// set-up.
     pub protocol_us: f64,
+    /// A proof the payee refused the payment with, and when (microseconds
+    /// into the payment): what the node publishes to its LAN at once.
+    pub publish: Option<(ConflictProof, f64)>,
+    /// The receipt the payee stored, when it accepted: what reaches
+    /// settlement.
+    pub receipt: Option<Box<Receipt>>,
 }
 
 /// Carries one message across: returns its bytes after decoding on the
@@ -89,6 +95,8 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
     let mut end = PaymentEnd::Uncertain;
     let mut proof = None;
     let mut sent = None;
+    let mut publish = None;
+    let mut stored = None;
     let now = |us: f64| Millis(t + (us / 1000.0) as u64);
     for _ in 0..8 {
         // Payee to payer.
@@ -165,6 +173,7 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
                     }
                     payee.receipts += 1;
                     payee.touch();
+                    stored = Some(Box::new(receipt));
                     let _ = payee_s.receipt_persisted();
                 }
                 PayeeEffect::RecordConflict(p) => {
@@ -172,6 +181,9 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
                     payee.hold_proof(p.allowance(), now(elapsed).0);
                     payee.touch();
                     proof = Some(Box::new(p));
+                }
+                PayeeEffect::Refused(PaymentError::Conflict(p)) => {
+                    publish = Some((*p, elapsed));
                 }
                 PayeeEffect::Refused(_) => {}
             }
@@ -186,6 +198,8 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
     PaymentResult {
         end,
         protocol_us: elapsed,
+        publish,
+        receipt: stored,
     }
 }
 

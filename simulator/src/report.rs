@@ -45,6 +45,8 @@ pub struct Report {
     pub cost: CostSummary,
     /// Sync sessions.
     pub sessions: SessionCounts,
+    /// The LAN push of urgent entries.
+    pub push: crate::push::PushCounts,
     /// What adversarial peers and replays achieved.
     pub adversaries: Adversaries,
     /// Per ledger device (also the CSV).
@@ -161,13 +163,44 @@ pub struct Settlement {
     pub by_hour: Vec<(u32, f64, f64)>,
     /// Median hours from payment to settlement (measured, limit).
     pub median_hours: (Option<f64>, Option<f64>),
+    /// What the settlement rules decided for the receipts that reached
+    /// them (honest and culprit payments), by outcome.
+    pub outcomes: BTreeMap<String, OutcomeCount>,
+    /// Value honest payees accepted from culprits, and of it what
+    /// settlement paid them (the rest is their loss: the payee bears
+    /// conflict losses by default).
+    pub culprit_value: (u64, u64),
+}
+
+/// Receipts with one settlement outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutcomeCount {
+    /// How many.
+    pub receipts: u64,
+    /// Their value.
+    pub value: u64,
+    /// What reached the payees.
+    pub paid: u64,
+}
+
+/// A short name for a settlement outcome.
+fn outcome_name(o: &meshpay_proto::settlement_ack::Outcome) -> String {
+    use meshpay_proto::settlement_ack::Outcome;
+    match o {
+        Outcome::Settled => "settled".into(),
+        Outcome::Refused(r) => format!("refused: {r:?}"),
+        Outcome::Covered { refusal, .. } => format!("covered: {refusal:?}"),
+    }
 }
 
 /// Costs.
 #[derive(Debug, Clone, Serialize)]
 pub struct CostSummary {
-    /// Bytes sent by ledger devices in sync sessions.
+    /// Gossip bytes: sent by ledger devices in sync sessions and in the
+    /// LAN push.
     pub sync_bytes_sent: u64,
+    /// Of them, the LAN push's.
+    pub push_bytes_sent: u64,
     /// What naive flooding (every device forwards every message it holds
     /// to every peer it meets, once per peer) would have sent.
     pub naive_flooding_bytes: u64,
@@ -284,6 +317,7 @@ fn ratio(m: Option<f64>, l: Option<f64>) -> Option<f64> {
 impl Report {
     /// Measures a finished run.
     pub fn new(sim: &mut Simulation) -> Report {
+        sim.read_outcomes();
         let interval = sim.scenario.sync_interval_s * 1000;
         let gateways: Vec<bool> = sim.devices.iter().map(|d| d.gateway).collect();
         let settle_limit = SettlementLimit::new(&sim.history, gateways, sim.windows);
@@ -354,7 +388,7 @@ impl Report {
             proof_limit.insert(c.allowance, proof.clone());
             let settle = (0..both.len())
                 .filter(|&d| both[d] != NEVER)
-                .map(|d| settle_limit.earliest(d as u32, both[d]))
+                .map(|d| settle_limit.earliest(&sim.history, d as u32, both[d]))
                 .min()
                 .unwrap_or(NEVER);
             let limit_times: Vec<SimTime> = honest.iter().map(|&d| proof[d]).collect();
@@ -463,7 +497,7 @@ impl Report {
         let limit: Vec<SimTime> = honest_paid
             .iter()
             // From the payment's start, as for conflicts: a lower bound.
-            .map(|p| settle_limit.earliest(p.payee, p.t))
+            .map(|p| settle_limit.earliest(&sim.history, p.payee, p.t))
             .collect();
         let hours = sim.scenario.duration_hours.ceil() as u32;
         let share = |v: &[SimTime], h: u32| {
@@ -484,7 +518,25 @@ impl Report {
                 .map(|h| (h, share(&measured, h), share(&limit, h)))
                 .collect(),
             median_hours: (lat_h(&measured), lat_h(&limit)),
+            outcomes: BTreeMap::new(),
+            culprit_value: (0, 0),
         };
+        let mut settlement = settlement;
+        for p in &sim.payments {
+            let Some(o) = &p.outcome else { continue };
+            let row = settlement.outcomes.entry(outcome_name(o)).or_default();
+            row.receipts += 1;
+            row.value += p.amount;
+            row.paid += o.paid(p.amount);
+        }
+        for p in sim
+            .payments
+            .iter()
+            .filter(|p| p.accepted && p.culprit && honest_payee(p.payee))
+        {
+            settlement.culprit_value.0 += p.amount;
+            settlement.culprit_value.1 += p.outcome.map_or(0, |o| o.paid(p.amount));
+        }
 
         // Costs.
         let mut rows = Vec::new();
@@ -509,11 +561,13 @@ impl Report {
                 v.last().copied().unwrap_or(0),
             )
         };
-        let sync_bytes: u64 = rows.iter().map(|r| r.cost.sync_bytes_sent).sum();
+        let push_bytes: u64 = rows.iter().map(|r| r.cost.push_bytes_sent).sum();
+        let sync_bytes: u64 = rows.iter().map(|r| r.cost.sync_bytes_sent).sum::<u64>() + push_bytes;
         let radio = mid_max(rows.iter().map(|r| r.cost.radio_on_us).collect());
         let nw = sim.wallets.len().max(1) as f64;
         let cost = CostSummary {
             sync_bytes_sent: sync_bytes,
+            push_bytes_sent: push_bytes,
             naive_flooding_bytes: sim.naive_bytes,
             ratio_to_naive: sync_bytes as f64 / sim.naive_bytes.max(1) as f64,
             naive_stateless_bytes: sim.naive_stateless_bytes,
@@ -557,6 +611,7 @@ impl Report {
             settlement,
             cost,
             sessions: sim.sessions.clone(),
+            push: sim.push.clone(),
             adversaries,
             devices: rows,
         }

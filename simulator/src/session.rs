@@ -40,6 +40,9 @@ pub struct SessionResult {
     /// revocation list a side holds, sent when the peer's hello shows a
     /// different urgent digest).
     pub urgent_bytes: u64,
+    /// Proofs each side (`a`, `b`) learnt in a session that ended agreed:
+    /// what the node publishes to its LAN when a session finishes.
+    pub learnt: [Vec<meshpay_proto::conflict::ConflictProof>; 2],
 }
 
 /// The kind of a sync error, without the ids in its message, for counting.
@@ -153,7 +156,9 @@ pub fn run<R: rand::Rng + ?Sized>(
         a.touch();
         b.touch();
     }
+    let mut learnt = [Vec::new(), Vec::new()];
     if end == SessionEnd::Agreed {
+        learnt = [sa.stats().new_proofs.clone(), sb.stats().new_proofs.clone()];
         let epoch_a = a.ledger.epoch();
         let epoch_b = b.ledger.epoch();
         a.peers.insert(ib, (epoch_a, sa.into_peer_state()));
@@ -165,6 +170,7 @@ pub fn run<R: rand::Rng + ?Sized>(
         changed,
         refusal,
         urgent_bytes,
+        learnt,
     }
 }
 

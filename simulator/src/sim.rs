@@ -13,10 +13,12 @@ use crate::devices::{Behaviour, LedgerDevice, Wallet, pair_mut};
 use crate::limit::{ContactHistory, Windows};
 use crate::link::{LinkKind, LinkModel};
 use crate::payment::{self, PaymentEnd};
+use crate::push::{self, PushCounts};
 use crate::scenario::Scenario;
 use crate::session::{self, SessionEnd};
 use crate::settle;
 use crate::world::{Contact, DeviceId, SimTime, World, hours_ms};
+use meshpay_proto::settlement_ack::Outcome;
 
 /// A payment as it happened.
 #[derive(Debug, Clone)]
@@ -39,8 +41,13 @@ pub struct PaymentRecord {
     pub refused: Option<Rule>,
     /// Protocol time, microseconds.
     pub protocol_us: f64,
-    /// When a gateway uploaded its header.
+    /// When a gateway uploaded its receipt.
     pub settled: Option<SimTime>,
+    /// The receipt, while it waits for settlement (dropped once settled).
+    pub receipt: Option<Box<Receipt>>,
+    /// What settlement decided (the final outcome after the run, as
+    /// [`Simulation::read_outcomes`] reads it back).
+    pub outcome: Option<Outcome>,
 }
 
 /// The first two conflicting headers of one allowance, as the world
@@ -62,6 +69,13 @@ enum Event {
     Tick,
     Pay { wallet: u32, tries: u32 },
     Replay,
+}
+
+/// An urgent message on its way to LAN peers.
+struct InFlight {
+    entries: Vec<meshpay_proto::ledger::Entry>,
+    /// Deliveries still to come.
+    left: usize,
 }
 
 /// Counters of sync sessions.
@@ -124,17 +138,29 @@ pub struct Simulation {
     backoff: BTreeMap<(DeviceId, DeviceId), (SimTime, u32)>,
     /// Sync sessions.
     pub sessions: SessionCounts,
+    /// The LAN push of urgent entries.
+    pub push: PushCounts,
+    in_flight: BTreeMap<u64, InFlight>,
+    next_push: u64,
+    /// Copies of pushed messages on their way: (arrival, order, message,
+    /// receiver). Kept apart from the event queue so that the sessions of
+    /// a tick, which run one after the other, see what arrived before each
+    /// starts.
+    deliveries: BinaryHeap<Reverse<(SimTime, u64, u64, DeviceId)>>,
     /// Replayed transfers by what the payee said.
     pub replays: BTreeMap<String, u64>,
     recent: VecDeque<(Transfer, Allowance, DeviceId)>,
     /// Payments given up because no payee was in reach.
     pub no_payee: u64,
-    /// Events processed: payments, ticks, replays and sync sessions.
+    /// Events processed: payments, ticks, replays, sync sessions and
+    /// deliveries of pushed messages.
     pub events: u64,
     /// Uplink windows.
     pub windows: Windows,
     /// End of the run.
     pub end: SimTime,
+    /// The settlement service (the real rules).
+    pub settlement: settle::Service,
     start: Timestamp,
 }
 
@@ -252,7 +278,13 @@ impl Simulation {
             })
             .collect();
 
+        let settlement = settle::Service::new(
+            trust.clone(),
+            wallets.iter().map(|w| &w.allowance),
+            devices.iter().filter_map(|d| d.credential.as_deref()),
+        );
         let mut sim = Simulation {
+            settlement,
             ble: LinkModel::new(LinkKind::Ble, &scenario),
             lan: LinkModel::new(LinkKind::Lan, &scenario),
             history: ContactHistory::new(n_dev),
@@ -280,6 +312,10 @@ impl Simulation {
             naive_stateless_bytes: 0,
             backoff: BTreeMap::new(),
             sessions: SessionCounts::default(),
+            push: PushCounts::default(),
+            in_flight: BTreeMap::new(),
+            next_push: 0,
+            deliveries: BinaryHeap::new(),
             replays: BTreeMap::new(),
             recent: VecDeque::new(),
             no_payee: 0,
@@ -352,6 +388,7 @@ impl Simulation {
             if t > self.end {
                 break;
             }
+            self.deliver_until(t);
             self.events += 1;
             match e {
                 Event::Tick => {
@@ -366,6 +403,7 @@ impl Simulation {
                 Event::Replay => self.replay(t),
             }
         }
+        self.deliver_until(self.end);
     }
 
     fn wall(&self, t: SimTime) -> Timestamp {
@@ -434,6 +472,8 @@ impl Simulation {
                 self.sessions.skipped_backoff += 1;
                 continue;
             }
+            // What the LAN pushed before this session starts is there.
+            self.deliver_until(busy[a].max(busy[b]));
             let (da, db) = pair_mut(&mut self.devices, a, b);
             if da.digest() == db.digest() {
                 self.sessions.skipped_in_sync += 1;
@@ -450,6 +490,11 @@ impl Simulation {
             let t_end = t0 + (r.elapsed_us / 1000.0) as SimTime;
             busy[a] = t_end;
             busy[b] = t_end;
+            // A finished session's new proofs go to the LAN at once.
+            let end_us = t0 as f64 * 1000.0 + r.elapsed_us;
+            let [learnt_a, learnt_b] = r.learnt;
+            self.publish(c.a, learnt_a, end_us);
+            self.publish(c.b, learnt_b, end_us);
             *self.sessions.by_end.entry(r.end).or_default() += 1;
             self.events += 1;
             self.sessions.urgent_bytes += r.urgent_bytes;
@@ -480,6 +525,7 @@ impl Simulation {
             .collect();
         let payments = &mut self.payments;
         let devices = &self.devices;
+        let mut uploaded = Vec::new();
         self.pending.retain(|&i| {
             let p = &mut payments[i];
             let Some(h) = &p.header else { return false };
@@ -488,11 +534,20 @@ impl Simulation {
                 .any(|&g| settle::settles(&devices[g].ledger, h))
             {
                 p.settled = Some(t);
+                uploaded.push(i);
                 false
             } else {
                 true
             }
         });
+        let (which, receipts): (Vec<usize>, Vec<Receipt>) = uploaded
+            .into_iter()
+            .filter_map(|i| Some((i, *payments[i].receipt.take()?)))
+            .unzip();
+        let outcomes = self.settlement.ingest(&receipts, self.start.plus(t / 1000));
+        for (i, outcome) in which.into_iter().zip(outcomes) {
+            payments[i].outcome = Some(outcome);
+        }
         for c in self.conflicts.values_mut() {
             if c.reported.is_none()
                 && gateways
@@ -584,6 +639,9 @@ impl Simulation {
             PaymentEnd::Refused(rule, _, tr) => (Some(*tr.header()), false, Some(*rule)),
             PaymentEnd::PayerRefused | PaymentEnd::Uncertain => (None, false, None),
         };
+        if let Some((proof, at_us)) = r.publish {
+            self.publish(payee, vec![proof], t as f64 * 1000.0 + at_us);
+        }
         if let PaymentEnd::Paid(tr) | PaymentEnd::Refused(_, _, tr) = &r.end {
             // From the payment's start: the payee takes the header in
             // during the exchange, never before, so the limit stays a lower
@@ -604,7 +662,125 @@ impl Simulation {
             refused,
             protocol_us: r.protocol_us,
             settled: None,
+            receipt: r.receipt,
+            outcome: None,
         });
+    }
+
+    /// `from` publishes `proofs` on its LAN at `at_us` (microseconds), as
+    /// the node's `publish_urgent` does: one copy to each peer on its LAN
+    /// in turn over its link (flood publish), each receiver forwarding
+    /// duplicates to its gossipsub mesh. Only honest devices publish (a
+    /// forger's flipped bits fail gossipsub's signature check, a staller
+    /// is silent).
+    fn publish(&mut self, from: DeviceId, proofs: Vec<ConflictProof>, at_us: f64) {
+        if proofs.is_empty() || self.devices[from as usize].behaviour != Behaviour::Honest {
+            return;
+        }
+        let t = (at_us / 1000.0) as SimTime;
+        let zone: Vec<DeviceId> = self
+            .history
+            .lan_at(from, t)
+            .iter()
+            .copied()
+            .filter(|&d| d != from)
+            .collect();
+        if zone.is_empty() {
+            return;
+        }
+        let Some((entries, size)) = push::message(&self.devices[from as usize].ledger, proofs)
+        else {
+            return;
+        };
+        let id = self.next_push;
+        self.next_push += 1;
+        self.push.published += 1;
+        self.in_flight.insert(
+            id,
+            InFlight {
+                entries,
+                left: zone.len(),
+            },
+        );
+        let forwards = push::MESH_N.min(zone.len() as u64 - 1);
+        let mut clock = at_us + self.lan.turn_us();
+        for &to in &zone {
+            let (dt, bytes) = self.lan.frame(size as usize, &mut self.rng);
+            clock += dt;
+            let sender = &mut self.devices[from as usize].cost;
+            sender.bytes_sent += bytes;
+            sender.push_bytes_sent += bytes;
+            // The receiver's forwards: duplicates to its mesh peers,
+            // counted as its bytes sent and (on average) received.
+            let dup = forwards * size;
+            let receiver = &mut self.devices[to as usize].cost;
+            receiver.bytes_received += bytes + dup;
+            receiver.bytes_sent += dup;
+            receiver.push_bytes_sent += dup;
+            self.push.bytes += bytes + dup;
+            let arrive = (clock / 1000.0).ceil() as SimTime;
+            self.seq += 1;
+            self.deliveries.push(Reverse((arrive, self.seq, id, to)));
+        }
+    }
+
+    /// Delivers every pushed copy that arrives at or before `t`.
+    fn deliver_until(&mut self, t: SimTime) {
+        while let Some(&Reverse((at, _, id, to))) = self.deliveries.peek() {
+            if at > t || at > self.end {
+                break;
+            }
+            self.deliveries.pop();
+            self.events += 1;
+            self.deliver(at, id, to);
+        }
+    }
+
+    /// A pushed message reaches `to` at `t`: its ledger takes it as the
+    /// node's `on_urgent` does.
+    fn deliver(&mut self, t: SimTime, id: u64, to: DeviceId) {
+        let Some(flight) = self.in_flight.get_mut(&id) else {
+            return;
+        };
+        flight.left -= 1;
+        let entries = if flight.left == 0 {
+            self.in_flight
+                .remove(&id)
+                .map(|f| f.entries)
+                .unwrap_or_default()
+        } else {
+            flight.entries.clone()
+        };
+        self.push.deliveries += 1;
+        let device = &mut self.devices[to as usize];
+        match push::receive(&mut device.ledger, entries) {
+            Ok(new) => {
+                if !new.is_empty() {
+                    self.push.new_at_receiver += 1;
+                    device.touch();
+                }
+                for p in new {
+                    device.hold_proof(p.allowance(), t);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pushed urgent entries refused");
+                self.push.refused += 1;
+            }
+        }
+    }
+
+    /// After the run: reads back the final outcome of every receipt that
+    /// reached settlement (a fork that arrived later can have reversed an
+    /// earlier one).
+    pub fn read_outcomes(&mut self) {
+        for p in &mut self.payments {
+            if let (Some(_), Some(h)) = (p.outcome, &p.header)
+                && let Some(o) = self.settlement.outcome(h, &h.id())
+            {
+                p.outcome = Some(o);
+            }
+        }
     }
 
     /// Ground truth: the first pair of conflicting headers per allowance.
