@@ -255,7 +255,9 @@ impl AutomergeReplica {
     /// lists every new pair it writes, even one another unit of the same
     /// message writes too: the two may be applied at different times.
     fn unit(&self, change: &automerge::Change) -> Result<Option<Unit>, ReplicaError> {
-        if self.doc.get_change_by_hash(&change.hash()).is_some() {
+        // The metadata look-up is a hash-map probe; get_change_by_hash
+        // would rebuild the change from the op set (linear in its size).
+        if self.doc.get_change_meta_by_hash(&change.hash()).is_some() {
             return Ok(None);
         }
         let mut ops = Vec::new();
@@ -412,7 +414,7 @@ impl Replica for AutomergeReplica {
 
     fn holds_unit(&self, id: &UnitId) -> bool {
         self.doc
-            .get_change_by_hash(&automerge::ChangeHash(*id))
+            .get_change_meta_by_hash(&automerge::ChangeHash(*id))
             .is_some()
     }
 
