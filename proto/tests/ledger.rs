@@ -33,10 +33,11 @@ fn run_session(
     a: &mut Ledger,
     b: &mut Ledger,
     states: (PeerState, PeerState),
+    known: (Option<Hash>, Option<Hash>),
     config: SyncConfig,
 ) -> Result<(SyncSession, SyncSession), SyncError> {
-    let mut sa = SyncSession::new(a, states.0, config, Millis(0));
-    let mut sb = SyncSession::new(b, states.1, config, Millis(0));
+    let mut sa = SyncSession::knowing(a, states.0, known.0, config, Millis(0));
+    let mut sb = SyncSession::knowing(b, states.1, known.1, config, Millis(0));
     for step in 0..100_000u64 {
         let mut moved = false;
         if let Some(f) = sa.poll_transmit() {
@@ -61,7 +62,13 @@ fn sync_with(
     b: &mut Ledger,
     config: SyncConfig,
 ) -> Result<(SyncStats, SyncStats), SyncError> {
-    let (sa, sb) = run_session(a, b, (PeerState::new(), PeerState::new()), config)?;
+    let (sa, sb) = run_session(
+        a,
+        b,
+        (PeerState::new(), PeerState::new()),
+        (None, None),
+        config,
+    )?;
     Ok((sa.stats().clone(), sb.stats().clone()))
 }
 
@@ -423,7 +430,6 @@ fn endless_rounds_hit_the_cap() {
             epoch: 0,
             digest: Hash([0; 32]),
             entries: 0,
-            urgent: Hash([0; 32]),
         },
         512,
     );
@@ -512,7 +518,6 @@ fn reconcile_frames(message: Vec<u8>) -> Vec<Vec<u8>> {
             epoch: 0,
             digest: Hash([1; 32]),
             entries: 1,
-            urgent: Hash([1; 32]),
         },
         244,
     );
@@ -692,59 +697,66 @@ fn convicting_wallet_1() -> (Ledger, Allowance) {
 
 #[test]
 fn proofs_travel_first() {
-    let (mut left, a) = convicting_wallet_1();
+    let (left, a) = convicting_wallet_1();
     let mut right = ledger(2);
     let mut sl = SyncSession::new(&left, PeerState::new(), SyncConfig::default(), Millis(0));
-    let mut sr = SyncSession::new(&right, PeerState::new(), SyncConfig::default(), Millis(0));
-    // The hellos cross; the right's shows it convicts nobody, so the
-    // left's next message, before any reconciliation, is the proof.
-    let hello = messages_until(&mut sr, |_| true);
-    for f in message_frames(&hello[0], 65_536) {
-        sl.handle_frame(&mut left, &f, Millis(1)).expect("hello");
-    }
-    let sent = messages_until(&mut sl, |m| matches!(m, SyncMessage::Urgent { .. }));
-    assert!(matches!(sent[0], SyncMessage::Hello { .. }), "{sent:?}");
+    let sent = messages_until(&mut sl, |_| true);
     assert!(
-        matches!(sent[1], SyncMessage::Urgent { ref proofs, .. } if proofs.len() == 1),
+        matches!(sent[0], SyncMessage::Urgent { ref proofs, .. } if proofs.len() == 1),
         "{sent:?}"
     );
     assert!(sl.stats().urgent_bytes_sent > 0);
     // And a node that never saw the wallet takes the proof (with its
     // allowance) from that message alone.
-    for m in &sent {
-        for f in message_frames(m, 65_536) {
-            sr.handle_frame(&mut right, &f, Millis(1))
-                .expect("urgent accepted");
-        }
+    let mut sr = SyncSession::new(&right, PeerState::new(), SyncConfig::default(), Millis(0));
+    for f in message_frames(&sent[0], 65_536) {
+        sr.handle_frame(&mut right, &f, Millis(1))
+            .expect("urgent accepted");
     }
     assert!(right.has_conflict(&a.id));
 }
 
 #[test]
-fn proofs_are_not_sent_again_to_a_peer_that_convicts_the_same_allowances() {
+fn proofs_are_not_sent_again_to_a_peer_known_to_hold_them() {
     let (mut left, _) = convicting_wallet_1();
     let mut right = ledger(2);
     let (first, _) = sync(&mut left, &mut right);
     assert!(first.urgent_bytes_sent > 0);
-    // Both now hold the proof; new payments make their ledgers differ, so
+    // Both agreed while holding the proof: each side records the urgent
+    // digest of that moment. New payments make the ledgers differ, so
     // they reconcile, but neither sends the proof again.
+    let agreed = (left.urgent_digest(), right.urgent_digest());
+    assert_eq!(agreed.0, agreed.1);
     let (k2, a2) = wallet(2);
     left.insert(Entry::Allowance(a2.clone()))
         .expect("allowance");
     left.insert(Entry::Header(header(&k2, &a2, 1, 100, 1)))
         .expect("payment");
-    let (l, r) = sync(&mut left, &mut right);
+    let (l, r) = run_knowing(&mut left, &mut right, (Some(agreed.0), Some(agreed.1)));
     assert_eq!((l.urgent_bytes_sent, r.urgent_bytes_sent), (0, 0));
     assert_eq!(left.digest(), right.digest());
-    // A new conflict on one side makes the summaries differ again: each
-    // side then sends what it holds (the summary says that they differ,
-    // not where).
+    // A new conflict on one side changes its urgent digest: that side
+    // sends what it holds first; the other, unchanged, does not.
+    let agreed = left.urgent_digest();
     right
         .insert(Entry::Header(header(&k2, &a2, 1, 100, 9)))
         .expect("fork → proof");
-    let (_, r) = sync(&mut left, &mut right);
+    let (l, r) = run_knowing(&mut left, &mut right, (Some(agreed), Some(agreed)));
+    assert_eq!(l.urgent_bytes_sent, 0);
     assert!(r.urgent_bytes_sent > 0);
     assert!(left.has_conflict(&a2.id));
+}
+
+/// A whole session between strangers whose sides know the urgent digests
+/// they last agreed on; both sides' stats.
+fn run_knowing(
+    a: &mut Ledger,
+    b: &mut Ledger,
+    known: (Option<Hash>, Option<Hash>),
+) -> (SyncStats, SyncStats) {
+    let states = (PeerState::new(), PeerState::new());
+    let (sa, sb) = run_session(a, b, states, known, SyncConfig::default()).expect("honest");
+    (sa.stats().clone(), sb.stats().clone())
 }
 
 // ---------------------------------------------------------------------------
@@ -1218,7 +1230,7 @@ fn session_with_states(
     y: &mut Ledger,
     states: (PeerState, PeerState),
 ) -> (PeerState, PeerState) {
-    let (sx, sy) = run_session(x, y, states, SyncConfig::default()).expect("honest");
+    let (sx, sy) = run_session(x, y, states, (None, None), SyncConfig::default()).expect("honest");
     (sx.into_peer_state(), sy.into_peer_state())
 }
 

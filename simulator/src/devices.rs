@@ -46,6 +46,10 @@ pub struct LedgerDevice {
     pub ledger: PartialLedger,
     /// Remembered sync state per peer, with the ledger epoch it was made in.
     pub peers: BTreeMap<DeviceId, (u64, <AutomergeReplica as Replica>::PeerState)>,
+    /// This ledger's urgent digest when the last session with each peer
+    /// ended agreed (as the node keeps it): sessions leave out the
+    /// `Urgent` message while it is unchanged.
+    pub agreed_urgent: BTreeMap<DeviceId, meshpay_proto::crypto::Hash>,
     /// Whether it takes payments.
     pub accepts_payments: bool,
     /// Whether it uploads to settlement in uplink windows.
@@ -70,6 +74,7 @@ impl LedgerDevice {
             key,
             ledger: PartialLedger::new(actor, trust),
             peers: BTreeMap::new(),
+            agreed_urgent: BTreeMap::new(),
             accepts_payments: false,
             gateway: false,
             behaviour: Behaviour::Honest,

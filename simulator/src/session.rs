@@ -80,8 +80,10 @@ pub fn run<R: rand::Rng + ?Sized>(
     let peer_a = take_peer(a, ib);
     let peer_b = take_peer(b, ia);
     let now = |us: f64| Millis(t0 + (us / 1000.0) as u64);
-    let mut sa = SyncSession::new(&a.ledger, peer_a, config, Millis(t0));
-    let mut sb = SyncSession::new(&b.ledger, peer_b, config, Millis(t0));
+    let known_a = a.agreed_urgent.get(&ib).copied();
+    let known_b = b.agreed_urgent.get(&ia).copied();
+    let mut sa = SyncSession::knowing(&a.ledger, peer_a, known_a, config, Millis(t0));
+    let mut sb = SyncSession::knowing(&b.ledger, peer_b, known_b, config, Millis(t0));
     let (len_a, len_b) = (a.ledger.len(), b.ledger.len());
     let mut elapsed = link.setup_us();
     let mut end = SessionEnd::Capped;
@@ -163,6 +165,8 @@ pub fn run<R: rand::Rng + ?Sized>(
         let epoch_b = b.ledger.epoch();
         a.peers.insert(ib, (epoch_a, sa.into_peer_state()));
         b.peers.insert(ia, (epoch_b, sb.into_peer_state()));
+        a.agreed_urgent.insert(ib, a.ledger.urgent_digest());
+        b.agreed_urgent.insert(ia, b.ledger.urgent_digest());
     }
     SessionResult {
         end,

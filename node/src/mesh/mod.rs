@@ -110,6 +110,10 @@ pub struct Mesh {
     limiter: RateLimiter,
     /// Outbox receipts already handed to each connected peer.
     handed: HashMap<PeerId, HashSet<Hash>>,
+    /// This ledger's urgent digest when the last session with each peer
+    /// ended agreed: while it is unchanged, the peer holds every proof and
+    /// the revocation list, and sessions leave out the `Urgent` message.
+    agreed_urgent: HashMap<PeerId, Hash>,
     /// Peers cut off by [`MeshHandle::disconnect`] until dialled again: a
     /// connection with them, in either direction, is closed at once.
     blocked: HashSet<PeerId>,
@@ -232,6 +236,7 @@ impl Mesh {
             waiting: Vec::new(),
             limiter,
             handed: HashMap::new(),
+            agreed_urgent: HashMap::new(),
             blocked: HashSet::new(),
             uplink_busy: false,
             uplinks: 0,
@@ -689,8 +694,13 @@ impl Mesh {
         let now = self.millis();
         if !self.answering.contains_key(&peer) {
             let remembered = self.remembered(&peer);
-            let session =
-                SyncSession::new(self.node.ledger(), remembered, SyncConfig::default(), now);
+            let session = SyncSession::knowing(
+                self.node.ledger(),
+                remembered,
+                self.agreed_urgent.get(&peer).copied(),
+                SyncConfig::default(),
+                now,
+            );
             self.answering.insert(peer, session);
         }
         let Some(session) = self.answering.get_mut(&peer) else {
@@ -875,9 +885,12 @@ impl Mesh {
         }
     }
 
-    /// Keeps what a finished session learnt about `peer`, so the next
-    /// session reconciles only what changed since.
-    fn remember(&self, peer: &PeerId, state: PeerState) {
+    /// Keeps what a session that ended agreed learnt about `peer`, so the
+    /// next session reconciles only what changed since (and, while nothing
+    /// urgent changed here, leaves out the `Urgent` message).
+    fn remember(&mut self, peer: &PeerId, state: PeerState) {
+        self.agreed_urgent
+            .insert(*peer, self.node.ledger().urgent_digest());
         let bytes = AutomergeReplica::encode_peer_state(&state);
         let epoch = self.node.ledger().epoch();
         if let Err(e) = self
@@ -1247,9 +1260,10 @@ impl Mesh {
             return;
         }
         let remembered = self.remembered(&peer);
-        let session = SyncSession::new(
+        let session = SyncSession::knowing(
             self.node.ledger(),
             remembered,
+            self.agreed_urgent.get(&peer).copied(),
             SyncConfig::default(),
             self.millis(),
         );

@@ -418,9 +418,9 @@ impl<R: Replica> PartialLedger<R> {
     }
 
     /// A summary of the urgent part: which allowances stand convicted and
-    /// which revocation list is newest. Two ledgers with equal summaries
-    /// have nothing urgent to tell each other (the proofs may differ, but
-    /// they convict the same allowances; reconciliation carries the rest).
+    /// which revocation list is newest. A peer that agreed with this ledger
+    /// while the summary was the same holds everything urgent it would be
+    /// sent (see [`crate::sync::SyncSession::knowing`]).
     pub fn urgent_digest(&self) -> Hash {
         use crate::encoding::Encode;
         let mut data = Vec::with_capacity(16 * self.conflicted.len() + 40);

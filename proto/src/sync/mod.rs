@@ -2,8 +2,9 @@
 //! partial ledgers to their union.
 //!
 //! ```text
-//!  each side, at once:   Hello{epoch, digest, entries, urgent}
-//!  urgent digests differ: Urgent{proofs, revocations}  (first, if it has any)
+//!  each side, at once:   Urgent{proofs, revocations}   (only if it has any,
+//!                        and the peer may lack them)
+//!                        Hello{epoch, digest, entries}
 //!  digests equal:        Done{digest}  ── both done: a few hundred bytes
 //!  digests differ:       Reconcile(replica message) ⇄ Reconcile(...) ...
 //!                        Done{digest} when the replica has nothing to send
@@ -51,9 +52,6 @@ pub enum SyncMessage {
         digest: Hash,
         /// How many entries it holds.
         entries: u64,
-        /// The sender's [`PartialLedger::urgent_digest`]: a peer whose own
-        /// differs sends its `Urgent` message next.
-        urgent: Hash,
     },
     /// One message of the replica's own reconciliation protocol.
     Reconcile(Vec<u8>),
@@ -150,8 +148,8 @@ pub struct SyncStats {
     pub messages_received: u32,
     /// Reconciliation messages received.
     pub rounds_received: u32,
-    /// Bytes of the `Urgent` message sent (0 when the peer's urgent digest
-    /// matched).
+    /// Bytes of the `Urgent` message sent (0 when there was nothing urgent
+    /// or the peer was known to hold it).
     pub urgent_bytes_sent: u64,
     /// Proofs found or learnt during the session.
     pub new_proofs: Vec<ConflictProof>,
@@ -184,12 +182,27 @@ impl<R: Replica> core::fmt::Debug for SyncSession<R> {
 }
 
 impl<R: Replica> SyncSession<R> {
-    /// Opens a session: queues the hello (the urgent entries follow once the
-    /// peer's hello shows it may lack them). `peer` is
+    /// Opens a session: queues the urgent entries and the hello. `peer` is
     /// what was remembered about this peer (or `Default` for a stranger).
     pub fn new(
         ledger: &PartialLedger<R>,
         peer: R::PeerState,
+        config: SyncConfig,
+        now: Millis,
+    ) -> Self {
+        Self::knowing(ledger, peer, None, config, now)
+    }
+
+    /// Like [`SyncSession::new`], for a peer whose last session ended
+    /// agreed while this ledger's [`PartialLedger::urgent_digest`] was
+    /// `agreed_urgent`: if it still is, the peer holds every proof and the
+    /// revocation list this side would send first, and the `Urgent`
+    /// message is left out. (What the peer learnt since, it sends in its
+    /// own `Urgent`.) Record the digest when a session finishes agreed.
+    pub fn knowing(
+        ledger: &PartialLedger<R>,
+        peer: R::PeerState,
+        agreed_urgent: Option<Hash>,
         config: SyncConfig,
         now: Millis,
     ) -> Self {
@@ -212,11 +225,13 @@ impl<R: Replica> SyncSession<R> {
             failed: false,
             stats: SyncStats::default(),
         };
+        if agreed_urgent != Some(ledger.urgent_digest()) {
+            s.send_urgent(ledger);
+        }
         s.send(&SyncMessage::Hello {
             epoch: ledger.epoch(),
             digest: ledger.digest(),
             entries: ledger.len() as u64,
-            urgent: ledger.urgent_digest(),
         });
         s
     }
@@ -376,16 +391,11 @@ impl<R: Replica> SyncSession<R> {
                     }
                 }
             }
-            SyncMessage::Hello { digest, urgent, .. } => {
+            SyncMessage::Hello { digest, .. } => {
                 if self.hello_received {
                     return Err(SyncError::Unexpected("second hello"));
                 }
                 self.hello_received = true;
-                // Before anything else, what the peer may not know of
-                // conflicts and revocations.
-                if urgent != ledger.urgent_digest() {
-                    self.send_urgent(ledger);
-                }
                 if digest == ledger.digest() {
                     self.send_done_once(ledger);
                 } else {
