@@ -37,8 +37,8 @@ pub struct SessionResult {
     /// Why a side refused, when it did (the error's kind, without ids).
     pub refusal: Option<String>,
     /// Bytes of the two sides' `Urgent` messages (every proof and the
-    /// revocation list a side holds, sent when the peer's hello shows a
-    /// different urgent digest).
+    /// revocation list a side holds, sent first unless the peer is known to
+    /// hold them).
     pub urgent_bytes: u64,
     /// Proofs each side (`a`, `b`) learnt in a session that ended agreed:
     /// what the node publishes to its LAN when a session finishes.

@@ -94,8 +94,9 @@ pub struct SessionCounts {
     /// Sessions between two honest devices that one side refused, by the
     /// error's kind: each is a protocol finding, not an attack.
     pub honest_refusals: BTreeMap<String, u64>,
-    /// Bytes of the `Urgent` messages (all proofs held, sent to a peer
-    /// whose urgent digest differs), both sides.
+    /// Bytes of the `Urgent` messages (all proofs held, left out while the
+    /// sender's urgent digest is the one of its last agreed session with
+    /// that peer), both sides.
     pub urgent_bytes: u64,
 }
 
