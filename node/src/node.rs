@@ -57,6 +57,8 @@ pub struct Node {
     ledger_in_store: bool,
     /// Incremental saves appended since the last full one.
     increments: usize,
+    /// The entries held aside as last stored.
+    saved_aside: Vec<u8>,
     policy: PaymentPolicy,
 }
 
@@ -74,9 +76,14 @@ impl Node {
         let stored = store.ledger()?;
         let ledger_in_store = stored.is_some();
         let increments = store.ledger_chunks()?.saturating_sub(1);
+        let saved_aside = stored
+            .as_ref()
+            .map(|(_, _, aside)| aside.clone())
+            .unwrap_or_default();
         let mut ledger = match stored {
-            Some((bytes, epoch)) => {
-                PartialLedger::load(&bytes, epoch, &actor, trust).map_err(NodeError::LedgerLoad)?
+            Some((bytes, epoch, aside)) => {
+                PartialLedger::load_with_aside(&bytes, &aside, epoch, &actor, trust)
+                    .map_err(NodeError::LedgerLoad)?
             }
             None => PartialLedger::new(&actor, trust),
         };
@@ -99,6 +106,7 @@ impl Node {
             ledger,
             ledger_in_store,
             increments,
+            saved_aside,
             policy: PaymentPolicy::default(),
         })
     }
@@ -289,14 +297,21 @@ impl Node {
             // stored ledger stays one document plus at most COMPACT_AFTER
             // increments, and loads in one pass.
             let bytes = self.ledger.save();
-            self.store.save_ledger(&bytes, self.ledger.epoch())?;
+            let aside = self.ledger.save_aside();
+            self.store
+                .save_ledger(&bytes, self.ledger.epoch(), &aside)?;
             self.ledger_in_store = true;
             self.increments = 0;
+            self.saved_aside = aside;
         } else {
             let bytes = self.ledger.save_incremental();
-            if !bytes.is_empty() {
-                self.store.append_ledger(&bytes)?;
-                self.increments += 1;
+            let aside = self.ledger.save_aside();
+            if !bytes.is_empty() || aside != self.saved_aside {
+                self.store.append_ledger(&bytes, &aside)?;
+                if !bytes.is_empty() {
+                    self.increments += 1;
+                }
+                self.saved_aside = aside;
             }
         }
         Ok(())

@@ -513,14 +513,19 @@ impl Store {
     }
 
     /// Replaces the stored ledger with a full save.
-    pub fn save_ledger(&self, bytes: &[u8], epoch: u64) -> Result<(), StoreError> {
+    ///
+    /// `aside` is what [`meshpay_proto::ledger::PartialLedger::save_aside`]
+    /// gives: written in the same commit, because the replica's entries may
+    /// need the allowances held aside.
+    pub fn save_ledger(&self, bytes: &[u8], epoch: u64, aside: &[u8]) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut t = tx.open_table(LEDGER)?;
             t.retain(|_, _| false)?;
             t.insert(0, bytes)?;
             drop(t);
-            tx.open_table(META)?
-                .insert("ledger_epoch", epoch.to_le_bytes().as_slice())?;
+            let mut meta = tx.open_table(META)?;
+            meta.insert("ledger_epoch", epoch.to_le_bytes().as_slice())?;
+            meta.insert("ledger_aside", aside)?;
             Ok(())
         })
     }
@@ -544,21 +549,23 @@ impl Store {
     }
 
     /// Appends an incremental ledger save.
-    pub fn append_ledger(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
+    /// Appends an increment of the ledger, and replaces the entries held
+    /// aside, in one commit.
+    pub fn append_ledger(&self, bytes: &[u8], aside: &[u8]) -> Result<(), StoreError> {
         self.write(|tx| {
-            let mut t = tx.open_table(LEDGER)?;
-            let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
-            t.insert(next, bytes)?;
+            if !bytes.is_empty() {
+                let mut t = tx.open_table(LEDGER)?;
+                let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
+                t.insert(next, bytes)?;
+            }
+            tx.open_table(META)?.insert("ledger_aside", aside)?;
             Ok(())
         })
     }
 
-    /// The stored ledger (full save then increments, concatenated) and its
-    /// epoch, if any.
-    pub fn ledger(&self) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+    /// The stored ledger (full save then increments, concatenated), its
+    /// epoch and the entries held aside, if any.
+    pub fn ledger(&self) -> Result<Option<StoredLedger>, StoreError> {
         // One read transaction for the ledger and its epoch.
         let tx = self
             .db
@@ -589,9 +596,19 @@ impl Store {
             ),
             None => 0,
         };
-        Ok(Some((bytes, epoch)))
+        // Databases written before entries were held aside have none.
+        let aside = meta
+            .get("ledger_aside")
+            .map_err(|e| self.io("get")(e.to_string()))?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        Ok(Some((bytes, epoch, aside)))
     }
 }
+
+/// The stored ledger: the replica's bytes (a full save then increments,
+/// concatenated), its epoch, and the entries held aside beside it.
+pub type StoredLedger = (Vec<u8>, u64, Vec<u8>);
 
 /// A carried copy's key: the transfer id, then 8 bytes of the copy's
 /// SHA-256.

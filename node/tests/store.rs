@@ -39,8 +39,8 @@ fn what_was_committed_is_there_after_reopening() {
         s.commit_spend(&AllowanceId([1; 16]), spend, Some(&r.transfer))
             .expect("spend");
         s.commit_receipt(&r, Role::Paid).expect("receipt");
-        s.save_ledger(b"full", 3).expect("ledger");
-        s.append_ledger(b"+more").expect("increment");
+        s.save_ledger(b"full", 3, b"aside").expect("ledger");
+        s.append_ledger(b"+more", b"aside2").expect("increment");
         s.node_id().expect("id")
     };
     let s = Store::open(&path).expect("reopen");
@@ -56,7 +56,7 @@ fn what_was_committed_is_there_after_reopening() {
     );
     assert_eq!(
         s.ledger().expect("ledger"),
-        Some((b"full+more".to_vec(), 3))
+        Some((b"full+more".to_vec(), 3, b"aside2".to_vec()))
     );
 }
 
@@ -137,24 +137,7 @@ fn the_stored_ledger_is_compacted() {
     let path = dir.path().join("n.redb");
     let issuer = key(1);
     let trust = TrustStore::new(issuer.public());
-    let allowance = Allowance::sign(
-        AllowanceTerms {
-            id: AllowanceId([1; 16]),
-            wallet: key(2).public(),
-            amount: 1_000_000,
-            currency: Currency::new("EUR").expect("code"),
-            issued_at: Timestamp(0),
-            expires_at: Timestamp(4_000_000_000),
-            caps: Caps {
-                max_per_payment: 1_000,
-                max_payments: 10_000,
-            },
-            tier: 1,
-            restriction: None,
-            issuer: issuer.public(),
-        },
-        &issuer,
-    );
+    let allowance = allowance(&issuer);
     let mut node = Node::open("n", &path, key(4), trust.clone()).expect("node");
     node.ledger_mut()
         .insert(Entry::Allowance(allowance))
@@ -175,4 +158,67 @@ fn the_stored_ledger_is_compacted() {
     let node = Node::open("n", &path, key(4), trust).expect("reopen");
     assert_eq!(node.ledger().digest(), digest);
     assert_eq!(node.ledger().len(), entries);
+}
+
+/// Wallet 2's allowance, signed by `issuer`.
+fn allowance(issuer: &SecretKey) -> Allowance {
+    Allowance::sign(
+        AllowanceTerms {
+            id: AllowanceId([1; 16]),
+            wallet: key(2).public(),
+            amount: 1_000_000,
+            currency: Currency::new("EUR").expect("code"),
+            issued_at: Timestamp(0),
+            expires_at: Timestamp(4_000_000_000),
+            caps: Caps {
+                max_per_payment: 1_000,
+                max_payments: 10_000,
+            },
+            tier: 1,
+            restriction: None,
+            issuer: issuer.public(),
+        },
+        issuer,
+    )
+}
+
+/// A conflict proof learnt from a peer's urgent message is held aside,
+/// not written into the replica; the node stores it beside the ledger, in
+/// the same commit, so that it survives a restart and so that replica
+/// entries checked against its allowance still load.
+#[test]
+fn entries_held_aside_survive_a_restart() {
+    use meshpay_node::node::Node;
+    use meshpay_proto::ledger::Entry;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("n.redb");
+    let issuer = key(1);
+    let trust = TrustStore::new(issuer.public());
+    let allowance = allowance(&issuer);
+    let fork = |nonce: u8| {
+        let body = TransferBody {
+            payee: key(3).public().into(),
+            nonce: Nonce([nonce; 16]),
+            payer_time: Timestamp(1),
+        };
+        Transfer::sign(AllowanceId([1; 16]), 1, 10, 10, body, &key(2)).signed_header()
+    };
+    let proof = meshpay_proto::conflict::detect(&fork(1), &fork(2)).expect("a fork");
+    let mut node = Node::open("n", &path, key(4), trust.clone()).expect("node");
+    node.ledger_mut()
+        .insert_urgent(vec![Entry::Allowance(allowance), Entry::Proof(proof)])
+        .expect("urgent entries");
+    // A later header of that allowance enters the replica, checked against
+    // the allowance held aside.
+    node.ledger_mut()
+        .insert(Entry::Header(receipt(3).transfer.signed_header()))
+        .expect("header");
+    node.persist_ledger().expect("persist");
+    assert_eq!(node.ledger().aside_len(), 2);
+    let (digest, proofs) = (node.ledger().digest(), node.ledger().proofs());
+    drop(node);
+    let node = Node::open("n", &path, key(4), trust).expect("reopen");
+    assert_eq!(node.ledger().digest(), digest);
+    assert_eq!(node.ledger().proofs(), proofs);
+    assert!(node.ledger().has_conflict(&AllowanceId([1; 16])));
 }

@@ -1270,3 +1270,76 @@ fn a_peer_state_kept_in_memory_does_not_keep_a_change_from_being_sent_again() {
     assert_eq!(y.digest(), x.digest());
     assert_eq!(y.all_headers().len(), 13);
 }
+
+/// The actors that wrote the changes of a ledger's replica.
+fn writers(l: &Ledger) -> std::collections::BTreeSet<Vec<u8>> {
+    l.replica()
+        .doc()
+        .get_changes_meta(&[])
+        .iter()
+        .map(|m| m.actor.to_bytes().to_vec())
+        .collect()
+}
+
+#[test]
+fn a_proof_learnt_from_urgent_is_not_written_again_by_its_receiver() {
+    let (mut left, a) = convicting_wallet_1();
+    let mut right = ledger(2);
+    let (first, _) = sync(&mut left, &mut right);
+    assert!(first.urgent_bytes_sent > 0, "the proof went first");
+    // The right side learnt the proof from the Urgent message, then got
+    // the left side's own write of it by reconciliation: it holds that
+    // one, and wrote nothing itself (a copy of its own would be one more
+    // change for every node to receive).
+    assert!(right.has_conflict(&a.id));
+    assert_eq!(right.proofs(), left.proofs());
+    assert_eq!(right.aside_len(), 0);
+    assert_eq!(right.digest(), left.digest());
+    assert_eq!(
+        writers(&right),
+        [[1u8; 16].to_vec()].into_iter().collect(),
+        "every change in the right replica is the left side's"
+    );
+}
+
+#[test]
+fn a_proof_held_aside_is_sent_on_survives_a_reload_and_leaves_when_its_write_arrives() {
+    let (mut left, a) = convicting_wallet_1();
+    let mut right = ledger(2);
+    // Only the Urgent message reaches the right side (the link is lost).
+    let mut sl = SyncSession::new(&left, PeerState::new(), SyncConfig::default(), Millis(0));
+    let sent = messages_until(&mut sl, |_| true);
+    let mut sr = SyncSession::new(&right, PeerState::new(), SyncConfig::default(), Millis(0));
+    for f in message_frames(&sent[0], 65_536) {
+        sr.handle_frame(&mut right, &f, Millis(1))
+            .expect("urgent accepted");
+    }
+    assert!(right.has_conflict(&a.id));
+    assert_eq!(right.aside_len(), 2, "the proof and its allowance");
+    assert!(right.is_empty(), "nothing written into the replica");
+    assert_eq!(right.proofs(), left.proofs());
+    // A reload keeps it (the node stores the aside bytes beside the ledger).
+    let mut right = Ledger::load_with_aside(
+        &right.save(),
+        &right.save_aside(),
+        right.epoch(),
+        &[2; 16],
+        trust(),
+    )
+    .expect("reload");
+    assert!(right.has_conflict(&a.id));
+    assert_eq!(right.proofs(), left.proofs());
+    // Damaged aside bytes are an error, not a panic.
+    assert!(Ledger::load_with_aside(&right.save(), b"\xff\xff", 0, &[2; 16], trust()).is_err());
+    // The right side passes it on first to a third that never met the left.
+    let mut third = ledger(3);
+    let (from_right, _) = sync(&mut right, &mut third);
+    assert!(from_right.urgent_bytes_sent > 0);
+    assert!(third.has_conflict(&a.id));
+    // Once the left side's own write arrives, nothing is held aside.
+    sync(&mut left, &mut right);
+    assert_eq!(right.aside_len(), 0);
+    assert_eq!(right.proofs(), left.proofs());
+    assert_eq!(right.digest(), left.digest());
+    assert!(!writers(&right).contains([2u8; 16].as_slice()));
+}

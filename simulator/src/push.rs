@@ -13,7 +13,8 @@
 //! allowance that checks it (a proof whose allowance the ledger lacks is
 //! left out) and the newest revocation list. Headers are *not* pushed:
 //! they move by sync sessions only. A receiver checks the whole message
-//! with [`PartialLedger::insert_all`] (all or nothing) and does not
+//! with [`PartialLedger::insert_urgent`] (all or nothing; new entries are
+//! held aside, not written into its replica) and does not
 //! publish it again itself; gossipsub forwards it to its mesh peers (a
 //! target of [`MESH_N`]), who already hold it on a LAN where every node
 //! reaches every other, so forwards cost bytes and deliver nothing new.
@@ -83,13 +84,13 @@ pub fn message(ledger: &PartialLedger, proofs: Vec<ConflictProof>) -> Option<(Ve
 }
 
 /// A receiver takes a pushed message as the node's `on_urgent` does:
-/// `insert_all`, all or nothing. Returns the proofs that were new to it,
+/// `insert_urgent`, all or nothing. Returns the proofs that were new to it,
 /// or the error its ledger refused the message with.
 pub fn receive(
     ledger: &mut PartialLedger,
     entries: Vec<Entry>,
 ) -> Result<Vec<ConflictProof>, LedgerError> {
-    let results = ledger.insert_all(entries)?;
+    let results = ledger.insert_urgent(entries)?;
     Ok(results
         .into_iter()
         .filter_map(|(e, r)| match (e, r) {

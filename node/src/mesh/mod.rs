@@ -970,7 +970,7 @@ impl Mesh {
                 return;
             }
         };
-        match self.node.ledger_mut().insert_all(entries) {
+        match self.node.ledger_mut().insert_urgent(entries) {
             Ok(results) => {
                 if results.iter().any(|(_, r)| *r == Inserted::New) {
                     tracing::info!(peer = %from, "urgent entries received");

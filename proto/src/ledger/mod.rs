@@ -164,6 +164,15 @@ pub struct PartialLedger<R: Replica = AutomergeReplica> {
     /// not arrived): checked when the unit becomes ready, before it is
     /// applied.
     waiting: HashMap<UnitId, Waiting>,
+    /// Entries learnt from a peer's `Urgent` message (or a LAN push) that
+    /// the replica does not hold: checked and acted on (the allowance
+    /// stands convicted, the list applies, they are sent on in `Urgent`),
+    /// but not written into the replica. The node that made each one wrote
+    /// it into its own replica, and that write reaches this one by
+    /// reconciliation, at which point the entry leaves this set. Writing a
+    /// copy here instead would make one change per node for every proof,
+    /// each then sent to every node (see docs/protocol.md).
+    aside: Vec<Checked>,
 }
 
 /// An entry that passed the checks: its key, its value, and it decoded.
@@ -217,6 +226,7 @@ impl<R: Replica> PartialLedger<R> {
             entries: 0,
             pending: Vec::new(),
             waiting: HashMap::new(),
+            aside: Vec::new(),
         }
     }
 
@@ -240,9 +250,31 @@ impl<R: Replica> PartialLedger<R> {
         actor: &[u8],
         trust: TrustStore,
     ) -> Result<Self, LedgerError> {
+        Self::load_with_aside(bytes, &[], epoch, actor, trust)
+    }
+
+    /// Like [`PartialLedger::load`], with the entries held aside as
+    /// [`PartialLedger::save_aside`] wrote them (empty for none). They are
+    /// checked first: entries of the replica may need their allowances.
+    pub fn load_with_aside(
+        bytes: &[u8],
+        aside: &[u8],
+        epoch: u64,
+        actor: &[u8],
+        trust: TrustStore,
+    ) -> Result<Self, LedgerError> {
         let replica = R::load(bytes, &Self::epoch_actor(actor, epoch))?;
         let mut ledger = PartialLedger::new(actor, trust);
         ledger.epoch = epoch;
+        if !aside.is_empty() {
+            let pairs: Vec<KeyValue> = postcard::from_bytes(aside)
+                .map_err(|e| LedgerError::Replica(ReplicaError::Load(e.to_string())))?;
+            let (checked, _) = ledger.check_batch(&pairs, Verify::Batch, pairs.len())?;
+            for (_, _, entry) in &checked {
+                ledger.learn(entry.clone());
+            }
+            ledger.aside = checked;
+        }
         let mut all = Vec::new();
         for (key, values) in replica.scan("") {
             if values.is_empty() {
@@ -260,6 +292,28 @@ impl<R: Replica> PartialLedger<R> {
             ledger.index(&key, &value, entry);
         }
         Ok(ledger)
+    }
+
+    /// The entries held aside (see [`PartialLedger::insert_urgent`]) as
+    /// bytes, to store beside the saved ledger and give back to
+    /// [`PartialLedger::load_with_aside`]. Empty when there are none.
+    pub fn save_aside(&self) -> Vec<u8> {
+        if self.aside.is_empty() {
+            return Vec::new();
+        }
+        let pairs: Vec<(&String, &Vec<u8>)> = self.aside.iter().map(|(k, v, _)| (k, v)).collect();
+        postcard::to_allocvec(&pairs).unwrap_or_default()
+    }
+
+    /// How many entries are held aside.
+    pub fn aside_len(&self) -> usize {
+        self.aside.len()
+    }
+
+    /// Whether the replica or the entries held aside hold `(key, value)`.
+    fn holds(&self, key: &str, value: &[u8]) -> bool {
+        self.replica.values(key).iter().any(|v| v == value)
+            || self.aside.iter().any(|(k, v, _)| k == key && v == value)
     }
 
     /// The whole ledger as bytes (store beside it the epoch number).
@@ -356,10 +410,50 @@ impl<R: Replica> PartialLedger<R> {
             .collect()
     }
 
-    /// Every conflict proof held.
+    /// Takes the entries of a peer's `Urgent` message (proofs with their
+    /// allowances, a revocation list): all are checked first, and if any
+    /// fails none is taken. New ones are acted on at once but held aside,
+    /// not written into the replica: their author's own write arrives by
+    /// reconciliation (see the `aside` field).
+    pub fn insert_urgent(
+        &mut self,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<(Entry, Inserted)>, LedgerError> {
+        let mut batch: Vec<KeyValue> = Vec::new();
+        for e in &entries {
+            let kv = (e.key(), e.encode_value());
+            if !self.holds(&kv.0, &kv.1) && !batch.contains(&kv) {
+                batch.push(kv);
+            }
+        }
+        let (checked, _) = self.check_batch(&batch, Verify::Strict, batch.len())?;
+        for (_, _, entry) in &checked {
+            self.learn(entry.clone());
+        }
+        self.aside.extend(checked);
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let r = match batch
+                    .iter()
+                    .position(|(k, v)| *k == e.key() && *v == e.encode_value())
+                {
+                    Some(i) => {
+                        batch.swap_remove(i);
+                        Inserted::New
+                    }
+                    None => Inserted::Known,
+                };
+                (e, r)
+            })
+            .collect())
+    }
+
+    /// Every conflict proof held (those held aside after the replica's).
     pub fn proofs(&self) -> Vec<ConflictProof> {
         self.decoded("p")
             .into_iter()
+            .chain(self.aside.iter().map(|(_, _, e)| e.clone()))
             .filter_map(|e| match e {
                 Entry::Proof(p) => Some(p),
                 _ => None,
@@ -601,6 +695,15 @@ impl<R: Replica> PartialLedger<R> {
     fn index(&mut self, key: &str, value: &[u8], entry: Entry) {
         self.digest += Entry::digest_part(key, value);
         self.entries += 1;
+        if !self.aside.is_empty() {
+            self.aside.retain(|(k, v, _)| !(k == key && v == value));
+        }
+        self.learn(entry);
+    }
+
+    /// Updates what the ledger knows from one checked entry (the in-memory
+    /// indexes other than the digest).
+    fn learn(&mut self, entry: Entry) {
         match entry {
             Entry::Allowance(a) => {
                 // Checked in check_batch.
@@ -876,7 +979,12 @@ impl<R: Replica> PartialLedger<R> {
             .collect();
         let mut kept = Vec::new();
         let mut rotation = Rotation::default();
-        for (key, values) in self.replica.scan("") {
+        // What is held aside goes into the new document like the rest:
+        // peers on the new epoch start from this one's replica.
+        let aside = std::mem::take(&mut self.aside)
+            .into_iter()
+            .map(|(k, v, _)| (k, vec![v]));
+        for (key, values) in self.replica.scan("").into_iter().chain(aside) {
             // One value per key in the new document: a forked header key
             // keeps its first value, and the proof that carries both.
             let mut first = true;

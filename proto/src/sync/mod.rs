@@ -385,7 +385,7 @@ impl<R: Replica> SyncSession<R> {
                     entries.push(Entry::Proof(proof));
                 }
                 entries.extend(revocations.map(Entry::Revocations));
-                for (entry, result) in ledger.insert_all(entries)? {
+                for (entry, result) in ledger.insert_urgent(entries)? {
                     if let (Entry::Proof(p), Inserted::New) = (entry, result) {
                         self.stats.new_proofs.push(p);
                     }
