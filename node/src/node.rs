@@ -268,8 +268,9 @@ impl Node {
             match effect {
                 PayeeEffect::PersistReceipt { receipt, allowance } => {
                     self.store.commit_receipt(&receipt, Role::Received)?;
-                    self.ledger.insert(Entry::Allowance(*allowance))?;
-                    self.learn_header(receipt.transfer.signed_header())?;
+                    // One replica change for both (peers receive one unit).
+                    self.ledger
+                        .insert_payment(*allowance, receipt.transfer.signed_header())?;
                     session.receipt_persisted()?;
                 }
                 PayeeEffect::RecordConflict(proof) => {

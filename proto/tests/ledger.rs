@@ -1343,3 +1343,49 @@ fn a_proof_held_aside_is_sent_on_survives_a_reload_and_leaves_when_its_write_arr
     assert_eq!(right.digest(), left.digest());
     assert!(!writers(&right).contains([2u8; 16].as_slice()));
 }
+
+#[test]
+fn a_payment_and_its_new_allowance_are_one_change() {
+    let (k, a) = wallet(1);
+    let mut l = ledger(1);
+    let changes = |l: &Ledger| l.replica().doc().get_changes_meta(&[]).len();
+    let r = l
+        .insert_payment(a.clone(), header(&k, &a, 1, 100, 1))
+        .expect("payment");
+    assert_eq!(r, Inserted::New);
+    assert_eq!(
+        (l.len(), changes(&l)),
+        (2, 1),
+        "allowance and header, one change"
+    );
+    // The allowance is held now: the next payment writes its header alone.
+    l.insert_payment(a.clone(), header(&k, &a, 2, 200, 1))
+        .expect("payment");
+    assert_eq!((l.len(), changes(&l)), (3, 2));
+    // A fork still gives a proof, and a peer checks what it receives.
+    let r = l
+        .insert_payment(a.clone(), header(&k, &a, 2, 200, 2))
+        .expect("fork");
+    assert!(matches!(r, Inserted::Conflict(_)), "{r:?}");
+    let mut other = ledger(2);
+    sync(&mut l, &mut other);
+    assert_eq!(fact_set(&l), fact_set(&other));
+    assert!(other.has_conflict(&a.id));
+    // A header whose allowance is new is refused with the allowance if its
+    // signature is bad, and a forged allowance is refused outright.
+    let (k2, a2) = wallet(2);
+    let mut bad = header(&k2, &a2, 1, 100, 1);
+    bad.signature = header(&k2, &a2, 1, 100, 2).signature;
+    let before = l.len();
+    assert!(l.insert_payment(a2.clone(), bad).is_err());
+    assert_eq!(l.len(), before + 1, "the allowance, checked, is kept");
+    let (k3, a3) = wallet(3);
+    let mut terms = a3.terms.clone();
+    terms.issuer = key(9).public();
+    let forged = Allowance::sign(terms, &key(9));
+    assert!(matches!(
+        l.insert_payment(forged.clone(), header(&k3, &forged, 1, 100, 1)),
+        Err(LedgerError::Allowance(PaymentError::UntrustedIssuer))
+    ));
+    assert_eq!(l.len(), before + 1);
+}

@@ -166,9 +166,10 @@ pub fn run<R: rand::CryptoRng + ?Sized>(
         while let Some(effect) = payee_s.poll_effect() {
             match effect {
                 PayeeEffect::PersistReceipt { receipt, allowance } => {
-                    let _ = payee.ledger.insert(Entry::Allowance(*allowance));
                     let header = receipt.transfer.signed_header();
-                    if let Ok(Inserted::Conflict(p)) = payee.ledger.insert(Entry::Header(header)) {
+                    if let Ok(Inserted::Conflict(p)) =
+                        payee.ledger.insert_payment(*allowance, header)
+                    {
                         payee.hold_proof(p.allowance(), now(elapsed).0);
                     }
                     payee.receipts += 1;

@@ -362,29 +362,86 @@ impl<R: Replica> PartialLedger<R> {
     /// Adds one entry made or learnt locally (a payment's header, an
     /// allowance from a payer, a proof or list from a gateway).
     pub fn insert(&mut self, entry: Entry) -> Result<Inserted, LedgerError> {
+        self.insert_with(entry, None)
+    }
+
+    /// Adds a payment's header with the payer's allowance, in one write of
+    /// the replica when both are new (one change for peers to receive
+    /// instead of two). The allowance is checked first; the header as by
+    /// [`PartialLedger::insert`], whose result this is.
+    pub fn insert_payment(
+        &mut self,
+        allowance: Allowance,
+        header: SignedHeader,
+    ) -> Result<Inserted, LedgerError> {
+        let a = Entry::Allowance(allowance);
+        let (key, value) = (a.key(), a.encode_value());
+        if self.replica.values(&key).contains(&value) {
+            return self.insert(Entry::Header(header));
+        }
+        let (mut checked, _) = self.check_batch(&[(key, value)], Verify::Strict, 1)?;
+        let Some(allowance) = checked.pop() else {
+            return self.insert(Entry::Header(header));
+        };
+        // Known before the header is checked against it; written with it.
+        self.learn(allowance.2.clone());
+        self.insert_with(Entry::Header(header), Some(allowance))
+    }
+
+    /// [`PartialLedger::insert`], also writing `with` (a checked entry
+    /// already learnt) into the replica, in the same change as the entry
+    /// when that is written, and on its own otherwise.
+    fn insert_with(
+        &mut self,
+        entry: Entry,
+        with: Option<Checked>,
+    ) -> Result<Inserted, LedgerError> {
         let key = entry.key();
         let value = entry.encode_value();
         let held = self.replica.values(&key);
         if held.contains(&value) {
+            self.write(with.into_iter().collect());
             return Ok(Inserted::Known);
         }
-        self.check_batch(&[(key.clone(), value.clone())], Verify::Strict, 1)?;
+        if let Err(e) = self.check_batch(&[(key.clone(), value.clone())], Verify::Strict, 1) {
+            self.write(with.into_iter().collect());
+            return Err(e);
+        }
         if let Entry::Header(h) = &entry {
             if let Some(proof) = self.conflict_with_held(h) {
                 // The conflicting header stays out (one honest value per
                 // key); the proof, which carries it, goes in.
+                self.write(with.into_iter().collect());
                 self.insert(Entry::Proof(proof.clone()))?;
                 return Ok(Inserted::Conflict(proof));
             }
             if !held.is_empty() {
                 // The same header under another signature of its wallet:
                 // the same transfer, already held.
+                self.write(with.into_iter().collect());
                 return Ok(Inserted::Known);
             }
         }
-        self.replica.put_all(&[(key.clone(), value.clone())]);
-        self.index(&key, &value, entry);
+        let mut all: Vec<Checked> = with.into_iter().collect();
+        all.push((key, value, entry));
+        self.write(all);
         Ok(Inserted::New)
+    }
+
+    /// Writes checked entries into the replica as one change, and indexes
+    /// them.
+    fn write(&mut self, entries: Vec<Checked>) {
+        if entries.is_empty() {
+            return;
+        }
+        let pairs: Vec<KeyValue> = entries
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect();
+        self.replica.put_all(&pairs);
+        for (key, value, entry) in entries {
+            self.index(&key, &value, entry);
+        }
     }
 
     /// Adds several entries as one: all are checked first, and if any
