@@ -158,7 +158,7 @@ pub struct PartialLedger<R: Replica = AutomergeReplica> {
     entries: usize,
     /// Entries accepted from a peer whose automerge changes wait for
     /// missing dependencies: indexed once they become visible.
-    pending: Vec<(String, Vec<u8>)>,
+    pending: Vec<Checked>,
     /// Units the replica holds back for missing dependencies, with the
     /// entries that could not be checked yet (a header whose allowance has
     /// not arrived): checked when the unit becomes ready, before it is
@@ -972,22 +972,23 @@ impl<R: Replica> PartialLedger<R> {
         checked: Vec<(String, Vec<u8>, Entry)>,
     ) -> Result<Vec<ConflictProof>, LedgerError> {
         let mut waiting = std::mem::take(&mut self.pending);
-        for (k, v, _) in checked {
-            if !waiting.iter().any(|(wk, wv)| *wk == k && *wv == v) {
-                waiting.push((k, v));
+        let mut seen: HashSet<(String, Vec<u8>)> = waiting
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect();
+        for c in checked {
+            if seen.insert((c.0.clone(), c.1.clone())) {
+                waiting.push(c);
             }
         }
         let mut new_headers = Vec::new();
-        for (key, value) in waiting {
+        // Decoded and checked before (or when it became pending).
+        for (key, value, entry) in waiting {
             if !self.replica.values(&key).contains(&value) {
                 // Its change waits for a missing dependency.
-                self.pending.push((key, value));
+                self.pending.push((key, value, entry));
                 continue;
             }
-            // Decoded and checked before (or when it became pending).
-            let Ok(entry) = Entry::decode(&key, &value) else {
-                continue;
-            };
             if let Entry::Header(h) = &entry {
                 new_headers.push(h.clone());
             }
