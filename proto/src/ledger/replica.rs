@@ -7,7 +7,7 @@
 //! load itself, and exchange opaque reconciliation messages with a peer,
 //! each of which it can inspect *before* applying it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
@@ -153,6 +153,17 @@ pub struct AutomergeReplica {
     doc: Automerge,
     /// Heads as of the last save, for incremental saves.
     saved_heads: Vec<automerge::ChangeHash>,
+    /// The document's root map as plain memory: every key with its values
+    /// in byte order. The ledger reads it on every entry it checks;
+    /// automerge's own look-up (a seek through its op columns) cost more
+    /// than applying the change. Kept equal to the document: local writes
+    /// go into both, and a peer's units enter it when automerge applies
+    /// them (see `queued`).
+    map: BTreeMap<String, Vec<Vec<u8>>>,
+    /// Units of peers' messages automerge holds back for missing
+    /// dependencies, with the pairs they add: they enter `map` once
+    /// automerge has applied them.
+    queued: HashMap<UnitId, Vec<KeyValue>>,
 }
 
 impl core::fmt::Debug for AutomergeReplica {
@@ -211,6 +222,15 @@ fn split_chunks(mut data: &[u8]) -> Result<Vec<(u8, &[u8])>, ReplicaError> {
     Ok(out)
 }
 
+/// Adds `value` to a key's values, kept in byte order and without
+/// repeats (two nodes that wrote the same value concurrently leave two
+/// equal values in automerge: one entry).
+fn add_value(values: &mut Vec<Vec<u8>>, value: Vec<u8>) {
+    if let Err(at) = values.binary_search(&value) {
+        values.insert(at, value);
+    }
+}
+
 /// Checks one change's operations are ledger writes (a bytes value put
 /// into the root map under a key, overwriting nothing) and lists them.
 fn ledger_ops(
@@ -241,6 +261,57 @@ fn ledger_ops(
 impl AutomergeReplica {
     fn actor(actor: &[u8]) -> ActorId {
         ActorId::from(actor)
+    }
+
+    /// A replica around a document, its map read from the document.
+    fn from_doc(doc: Automerge, saved_heads: Vec<automerge::ChangeHash>) -> Self {
+        let mut replica = AutomergeReplica {
+            doc,
+            saved_heads,
+            map: BTreeMap::new(),
+            queued: HashMap::new(),
+        };
+        replica.reread_map();
+        replica
+    }
+
+    /// Reads the map from the document again (after a load or a merge).
+    fn reread_map(&mut self) {
+        let keys: Vec<String> = self
+            .doc
+            .map_range(ROOT, ..)
+            .map(|item| item.key.to_string())
+            .collect();
+        self.map = keys
+            .into_iter()
+            .map(|k| {
+                let v = self.doc_values(&k);
+                (k, v)
+            })
+            .collect();
+    }
+
+    /// Every value under `key` in the document, in byte order.
+    fn doc_values(&self, key: &str) -> Vec<Vec<u8>> {
+        let Ok(all) = self.doc.get_all(ROOT, key) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Vec<u8>> = Vec::with_capacity(all.len());
+        for (v, _) in all {
+            if let Value::Scalar(s) = v
+                && let ScalarValue::Bytes(b) = s.as_ref()
+            {
+                add_value(&mut out, b.clone());
+            }
+        }
+        out
+    }
+
+    /// Adds pairs the document now holds to the map.
+    fn add_to_map(&mut self, pairs: Vec<KeyValue>) {
+        for (k, v) in pairs {
+            add_value(self.map.entry(k).or_default(), v);
+        }
     }
 
     /// The pairs of `ops` this replica does not hold, each once.
@@ -280,50 +351,33 @@ impl Replica for AutomergeReplica {
     type Message = sync::Message;
 
     fn values(&self, key: &str) -> Vec<Vec<u8>> {
-        let Ok(all) = self.doc.get_all(ROOT, key) else {
-            return Vec::new();
-        };
-        let mut out: Vec<Vec<u8>> = Vec::with_capacity(all.len());
-        for (v, _) in all {
-            if let Value::Scalar(s) = v
-                && let ScalarValue::Bytes(b) = s.as_ref()
-                // Two nodes that wrote the same value concurrently leave two
-                // equal values: one entry.
-                && !out.contains(b)
-            {
-                out.push(b.clone());
-            }
-        }
-        out
+        self.map.get(key).cloned().unwrap_or_default()
     }
 
     fn scan(&self, prefix: &str) -> Vec<(String, Vec<Vec<u8>>)> {
-        // Keys are ASCII: every key with the prefix sorts between the prefix
-        // and the prefix followed by the highest ASCII character.
-        let end = format!("{prefix}\u{7f}");
-        self.doc
-            .map_range(ROOT, prefix.to_string()..end)
-            .map(|item| item.key.to_string())
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|k| {
-                let v = self.values(&k);
-                (k, v)
-            })
+        self.map
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 
     fn neighbours(&self, prefix: &str, key: &str) -> (Option<String>, Option<String>) {
+        use core::ops::Bound::{Excluded, Unbounded};
         let below = self
-            .doc
-            .map_range(ROOT, prefix.to_string()..key.to_string())
-            .last()
-            .map(|item| item.key.to_string());
+            .map
+            .range::<str, _>((Unbounded, Excluded(key)))
+            .next_back()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(prefix))
+            .cloned();
         let above = self
-            .doc
-            .map_range(ROOT, format!("{key}\u{0}")..format!("{prefix}\u{7f}"))
+            .map
+            .range::<str, _>((Excluded(key), Unbounded))
             .next()
-            .map(|item| item.key.to_string());
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(prefix))
+            .cloned();
         (below, above)
     }
 
@@ -334,9 +388,10 @@ impl Replica for AutomergeReplica {
         let mut tx = self.doc.transaction();
         let mut any = false;
         for (key, value) in entries {
-            if tx.get(ROOT, key.as_str()).ok().flatten().is_none() {
+            if !self.map.contains_key(key) {
                 // Putting into the root map with a string key cannot fail.
                 let _ = tx.put(ROOT, key.as_str(), ScalarValue::Bytes(value.clone()));
+                self.map.insert(key.clone(), vec![value.clone()]);
                 any = true;
             }
         }
@@ -350,7 +405,7 @@ impl Replica for AutomergeReplica {
     }
 
     fn len(&self) -> usize {
-        self.doc.length(ROOT)
+        self.map.len()
     }
 
     fn collapse_heads(&mut self, max: usize) {
@@ -403,13 +458,7 @@ impl Replica for AutomergeReplica {
         for change in doc.get_changes(&[]) {
             units.extend(self.unit(&change)?);
         }
-        Ok((
-            AutomergeReplica {
-                doc,
-                saved_heads: Vec::new(),
-            },
-            units,
-        ))
+        Ok((AutomergeReplica::from_doc(doc, Vec::new()), units))
     }
 
     fn holds_unit(&self, id: &UnitId) -> bool {
@@ -425,14 +474,18 @@ impl Replica for AutomergeReplica {
         // as it is (queue included) is the safe failure.
         if let Ok(doc) = Automerge::load(&bytes) {
             self.doc = doc.with_actor(actor);
+            self.queued.clear();
         }
     }
 
     fn merge_from(&mut self, mut other: Self) -> Result<(), ReplicaError> {
-        self.doc
+        let merged = self
+            .doc
             .merge(&mut other.doc)
             .map(|_| ())
-            .map_err(|e| ReplicaError::Apply(e.to_string()))
+            .map_err(|e| ReplicaError::Apply(e.to_string()));
+        self.reread_map();
+        merged
     }
 
     fn apply(
@@ -440,9 +493,27 @@ impl Replica for AutomergeReplica {
         peer: &mut sync::State,
         inspected: Inspected<Self>,
     ) -> Result<(), ReplicaError> {
-        self.doc
+        let applied = self
+            .doc
             .receive_sync_message(peer, inspected.message)
-            .map_err(|e| ReplicaError::Apply(e.to_string()))
+            .map_err(|e| ReplicaError::Apply(e.to_string()));
+        for unit in inspected.units {
+            self.queued.entry(unit.id).or_insert(unit.entries);
+        }
+        // What automerge applied now, this message's units or ones held
+        // back from earlier messages, enters the map.
+        let ready: Vec<UnitId> = self
+            .queued
+            .keys()
+            .filter(|id| self.holds_unit(id))
+            .copied()
+            .collect();
+        for id in ready {
+            if let Some(pairs) = self.queued.remove(&id) {
+                self.add_to_map(pairs);
+            }
+        }
+        applied
     }
 
     fn save(&mut self) -> Vec<u8> {
@@ -459,10 +530,8 @@ impl Replica for AutomergeReplica {
     fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError> {
         let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
         let saved_heads = doc.get_heads();
-        let mut replica = AutomergeReplica {
-            doc: doc.with_actor(Self::actor(actor)),
-            saved_heads,
-        };
+        let mut replica =
+            AutomergeReplica::from_doc(doc.with_actor(Self::actor(actor)), saved_heads);
         // Saves by older versions kept changes that waited for missing
         // dependencies; nothing here knows whether they were checked.
         if !replica.doc.get_missing_deps(&[]).is_empty() {
@@ -472,10 +541,7 @@ impl Replica for AutomergeReplica {
     }
 
     fn empty(actor: &[u8]) -> Self {
-        AutomergeReplica {
-            doc: Automerge::new().with_actor(Self::actor(actor)),
-            saved_heads: Vec::new(),
-        }
+        AutomergeReplica::from_doc(Automerge::new().with_actor(Self::actor(actor)), Vec::new())
     }
 
     fn encode_peer_state(state: &sync::State) -> Vec<u8> {
