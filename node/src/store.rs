@@ -548,7 +548,6 @@ impl Store {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    /// Appends an incremental ledger save.
     /// Appends an increment of the ledger, and replaces the entries held
     /// aside, in one commit.
     pub fn append_ledger(&self, bytes: &[u8], aside: &[u8]) -> Result<(), StoreError> {

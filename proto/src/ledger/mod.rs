@@ -312,7 +312,7 @@ impl<R: Replica> PartialLedger<R> {
 
     /// Whether the replica or the entries held aside hold `(key, value)`.
     fn holds(&self, key: &str, value: &[u8]) -> bool {
-        self.replica.values(key).iter().any(|v| v == value)
+        self.replica.contains(key, value)
             || self.aside.iter().any(|(k, v, _)| k == key && v == value)
     }
 
@@ -376,7 +376,7 @@ impl<R: Replica> PartialLedger<R> {
     ) -> Result<Inserted, LedgerError> {
         let a = Entry::Allowance(allowance);
         let (key, value) = (a.key(), a.encode_value());
-        if self.replica.values(&key).contains(&value) {
+        if self.replica.contains(&key, &value) {
             return self.insert(Entry::Header(header));
         }
         let (mut checked, _) = self.check_batch(&[(key, value)], Verify::Strict, 1)?;
@@ -453,7 +453,7 @@ impl<R: Replica> PartialLedger<R> {
         let batch: Vec<KeyValue> = entries
             .iter()
             .map(|e| (e.key(), e.encode_value()))
-            .filter(|(k, v)| !self.replica.values(k).contains(v))
+            .filter(|(k, v)| !self.replica.contains(k, v))
             .collect();
         self.check_batch(&batch, Verify::Strict, batch.len())?;
         let mut sorted = entries;
@@ -491,10 +491,8 @@ impl<R: Replica> PartialLedger<R> {
         Ok(entries
             .into_iter()
             .map(|e| {
-                let r = match batch
-                    .iter()
-                    .position(|(k, v)| *k == e.key() && *v == e.encode_value())
-                {
+                let (key, value) = (e.key(), e.encode_value());
+                let r = match batch.iter().position(|(k, v)| *k == key && *v == value) {
                     Some(i) => {
                         batch.swap_remove(i);
                         Inserted::New
@@ -984,7 +982,7 @@ impl<R: Replica> PartialLedger<R> {
         let mut new_headers = Vec::new();
         // Decoded and checked before (or when it became pending).
         for (key, value, entry) in waiting {
-            if !self.replica.values(&key).contains(&value) {
+            if !self.replica.contains(&key, &value) {
                 // Its change waits for a missing dependency.
                 self.pending.push((key, value, entry));
                 continue;

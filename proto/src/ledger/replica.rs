@@ -43,6 +43,10 @@ pub trait Replica: Sized {
 
     /// Every value under `key` (more than one after concurrent writes).
     fn values(&self, key: &str) -> Vec<Vec<u8>>;
+    /// Whether `value` is one of the values under `key`.
+    fn contains(&self, key: &str, value: &[u8]) -> bool {
+        self.values(key).iter().any(|v| v == value)
+    }
     /// Every key starting with `prefix`, in key order, with its values.
     fn scan(&self, prefix: &str) -> Vec<(String, Vec<Vec<u8>>)>;
     /// The nearest keys below and above `key` that start with `prefix`.
@@ -318,7 +322,7 @@ impl AutomergeReplica {
     fn not_held(&self, ops: Vec<KeyValue>) -> Vec<KeyValue> {
         let mut seen = HashSet::new();
         ops.into_iter()
-            .filter(|(k, v)| !self.values(k).contains(v) && seen.insert((k.clone(), v.clone())))
+            .filter(|(k, v)| !self.contains(k, v) && seen.insert((k.clone(), v.clone())))
             .collect()
     }
 
@@ -352,6 +356,12 @@ impl Replica for AutomergeReplica {
 
     fn values(&self, key: &str) -> Vec<Vec<u8>> {
         self.map.get(key).cloned().unwrap_or_default()
+    }
+
+    fn contains(&self, key: &str, value: &[u8]) -> bool {
+        self.map
+            .get(key)
+            .is_some_and(|values| values.binary_search_by(|v| v.as_slice().cmp(value)).is_ok())
     }
 
     fn scan(&self, prefix: &str) -> Vec<(String, Vec<Vec<u8>>)> {
