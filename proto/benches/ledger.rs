@@ -23,7 +23,7 @@ use meshpay_proto::prelude::*;
 use meshpay_proto::sync::{SyncConfig, SyncSession};
 
 type Ledger = PartialLedger;
-type PeerState = automerge::sync::State;
+type PeerState = meshpay_proto::ledger::ClockPeer;
 
 /// Size of one gossiped signed header: the per-header lower bound.
 fn header_size() -> usize {

@@ -5,14 +5,16 @@
 mod common;
 
 use common::*;
-use meshpay_proto::ledger::{Entry, Inserted, LedgerError, PartialLedger, RetentionPolicy};
+use meshpay_proto::ledger::{
+    ClockMessage, Entry, Inserted, LedgerError, PartialLedger, RetentionPolicy,
+};
 use meshpay_proto::prelude::*;
 use meshpay_proto::sync::frame::FrameError;
 use meshpay_proto::sync::{SyncConfig, SyncError, SyncMessage, SyncSession, SyncStats};
 use proptest::prelude::*;
 
 type Ledger = PartialLedger;
-type PeerState = automerge::sync::State;
+type PeerState = meshpay_proto::ledger::ClockPeer;
 
 fn ledger(node: u8) -> Ledger {
     Ledger::new(&[node; 16], trust())
@@ -480,19 +482,22 @@ fn stalled_and_slow_peers_time_out() {
 }
 
 /// The message a hostile automerge document sends once it has heard the
-/// victim's opening message: it carries the document's changes.
+/// victim's opening message (its clock): it carries the document's
+/// changes.
 fn hostile_message(victim: &mut Ledger, doc: &mut automerge::Automerge) -> Vec<u8> {
-    use automerge::sync::SyncDoc;
     let opening = victim.sync_message(&mut PeerState::new()).expect("opening");
-    let mut state = PeerState::new();
-    doc.receive_sync_message(
-        &mut state,
-        automerge::sync::Message::decode(&opening).expect("decodes"),
-    )
-    .expect("receive");
-    doc.generate_sync_message(&mut state)
-        .expect("message")
-        .encode()
+    let opening = ClockMessage::decode(&opening).expect("decodes");
+    assert!(opening.changes.is_empty(), "an opening carries no changes");
+    ClockMessage {
+        clock: Vec::new(),
+        need: Vec::new(),
+        changes: doc
+            .get_changes(&[])
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect(),
+    }
+    .encode()
 }
 
 /// A hostile message carrying a raw document holding `puts`.
@@ -1105,12 +1110,8 @@ fn rotation_drops_headers_whose_allowance_it_drops() {
 /// `message` (a reconciliation message) with its changes replaced by
 /// `changes`, as a peer whose Bloom filter gave a false positive sends it.
 fn with_changes(message: &[u8], changes: &[&automerge::Change]) -> Vec<u8> {
-    let mut m = automerge::sync::Message::decode(message).expect("decodes");
-    m.changes = changes
-        .iter()
-        .map(|c| c.raw_bytes().to_vec())
-        .collect::<Vec<_>>()
-        .into();
+    let mut m = ClockMessage::decode(message).expect("decodes");
+    m.changes = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
     m.encode()
 }
 
@@ -1150,8 +1151,8 @@ fn a_header_sent_before_its_allowance_waits_for_it_within_the_session() {
 
     // The receiver asks for the missing change; the sender sends it.
     let ask = receiver.sync_message(&mut r_state).expect("asks");
-    let asked = automerge::sync::Message::decode(&ask).expect("decodes");
-    assert_eq!(asked.need, vec![changes[0].hash()]);
+    let asked = ClockMessage::decode(&ask).expect("decodes");
+    assert_eq!(asked.need, vec![changes[0].hash().0]);
     sender.receive(&mut s_state, &ask).expect("ask accepted");
     let answer = sender.sync_message(&mut s_state).expect("answer");
     receiver
@@ -1388,4 +1389,76 @@ fn a_payment_and_its_new_allowance_are_one_change() {
         Err(LedgerError::Allowance(PaymentError::UntrustedIssuer))
     ));
     assert_eq!(l.len(), before + 1);
+}
+
+/// Reconciliation messages stay bounded however much one side lacks: a
+/// ledger of more than `MAX_CHANGE_BYTES` of changes reaches an empty
+/// one in several messages, each within the bound, and the two end equal.
+#[test]
+fn a_ledger_larger_than_one_message_syncs_in_bounded_messages() {
+    use meshpay_proto::ledger::MAX_CHANGE_BYTES;
+    let mut left = ledger(1);
+    for w in 1..=10u32 {
+        let (k, a) = wallet(w);
+        left.insert(Entry::Allowance(a.clone())).expect("allowance");
+        for seq in 1..=500u32 {
+            left.insert(Entry::Header(header(&k, &a, seq, u64::from(seq) * 100, 1)))
+                .expect("header");
+        }
+    }
+    // Loaded from storage, so every change is read from the document (none
+    // is at hand from having just been received).
+    let mut left = copy(&mut left, 1);
+    let mut right = ledger(2);
+    let (mut ls, mut rs) = (PeerState::new(), PeerState::new());
+    let opening = right.sync_message(&mut rs).expect("opening");
+    left.receive(&mut ls, &opening).expect("opening accepted");
+    let mut carrying = 0;
+    let mut total = 0;
+    while let Some(m) = left.sync_message(&mut ls) {
+        let parsed = ClockMessage::decode_limited(&m, usize::MAX).expect("decodes");
+        let change_bytes: usize = parsed.changes.iter().map(Vec::len).sum();
+        assert!(change_bytes <= MAX_CHANGE_BYTES, "{change_bytes} bytes");
+        total += change_bytes;
+        carrying += usize::from(!parsed.changes.is_empty());
+        right.receive(&mut rs, &m).expect("honest");
+        assert_eq!(right.waiting_units(), 0, "every message is causally closed");
+    }
+    assert!(total > MAX_CHANGE_BYTES, "the test ledger is too small");
+    assert!(carrying >= 2, "{carrying} messages");
+    assert_eq!(right.len(), left.len());
+    assert_eq!(right.digest(), left.digest());
+    // Nothing more to say either way.
+    assert!(right.sync_message(&mut rs).is_none());
+}
+
+#[test]
+fn malformed_clocks_are_refused_and_change_nothing() {
+    let mut l = victim();
+    let before = l.entries();
+    let bad = [
+        vec![(vec![2u8; 16], 1), (vec![1u8; 16], 1)],
+        vec![(vec![1u8; 16], 1), (vec![1u8; 16], 2)],
+        vec![(vec![1u8; 16], 0)],
+        vec![(Vec::new(), 1)],
+        vec![(vec![1u8; meshpay_proto::ledger::MAX_ACTOR_LEN + 1], 1)],
+    ];
+    for clock in bad {
+        let m = ClockMessage {
+            clock: clock.clone(),
+            need: Vec::new(),
+            changes: Vec::new(),
+        };
+        let e = l
+            .receive(&mut PeerState::new(), &m.encode())
+            .expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                LedgerError::Replica(meshpay_proto::ledger::ReplicaError::Malformed(_))
+            ),
+            "{clock:?}: {e:?}"
+        );
+    }
+    assert_eq!(l.entries(), before);
 }

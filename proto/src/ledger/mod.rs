@@ -25,7 +25,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 pub use entry::{
     Entry, EntryError, EntryKind, allowance_key, header_key, headers_prefix, proofs_prefix,
 };
-pub use replica::{AutomergeReplica, Inspected, KeyValue, Replica, ReplicaError, Unit, UnitId};
+pub use replica::{
+    AutomergeReplica, ClockMessage, ClockPeer, Inspected, KeyValue, MAX_ACTOR_LEN,
+    MAX_CHANGE_BYTES, ParsedClock, Replica, ReplicaError, Unit, UnitId,
+};
 
 use crate::allowance::{Allowance, AllowanceId, TrustStore};
 use crate::conflict::{ConflictProof, ConflictProofError, detect, over_limit};
@@ -37,15 +40,15 @@ use crate::transfer::{SignedHeader, TransferId};
 use crate::validate::{MeshView, PaymentError, VerifiedAllowance};
 
 /// Most concurrent heads a ledger keeps after a merge before it joins them
-/// with an empty change; bounds the heads listed in every sync message to
-/// `MAX_HEADS * 32` bytes.
+/// with an empty change; bounds the dependencies of its next change (the
+/// heads at the time) to `MAX_HEADS * 32` bytes.
 pub const MAX_HEADS: usize = 8;
 
 /// Most units (automerge changes) a ledger holds back for missing
-/// dependencies. Honest peers leave a dependency out only when a Bloom
-/// filter false positive made them think it was held (about 1 % of
-/// changes), and the next round asks for it; a message that would hold back
-/// more is refused.
+/// dependencies. Honest peers send changes causes first, and leave a
+/// dependency out only when a message is cut between two changes that
+/// share a counter, or the receiver dropped what waited; the next round
+/// asks for it. A message that would hold back more is refused.
 pub const MAX_WAITING_UNITS: usize = 16_384;
 
 /// Why an entry was refused. The ledger is unchanged after any of them.

@@ -9,9 +9,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{ActorId, Automerge, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{ActorId, Automerge, ChangeHash, ROOT, ReadDoc, ScalarValue, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::encoding::Encode;
 
 /// One `(key, value)` pair of the map.
 pub type KeyValue = (String, Vec<u8>);
@@ -57,9 +59,9 @@ pub trait Replica: Sized {
     /// Number of keys.
     fn len(&self) -> usize;
     /// If merges left more than `max` concurrent heads, joins them with one
-    /// empty change. (Reconciliation messages list the heads, so a node
-    /// that only ever merges would otherwise send one hash per writer it
-    /// heard from in every message.)
+    /// empty change. (A change depends on every head there is when it is
+    /// made, so a node that mostly merges would otherwise list one hash per
+    /// writer it heard from in its next change.)
     fn collapse_heads(&mut self, max: usize);
     /// Whether there are no keys.
     fn is_empty(&self) -> bool {
@@ -168,6 +170,135 @@ pub struct AutomergeReplica {
     /// dependencies, with the pairs they add: they enter `map` once
     /// automerge has applied them.
     queued: HashMap<UnitId, Vec<KeyValue>>,
+    /// Every applied change, by writer: what the replica's clock is made
+    /// of, and where reconciliation finds what a peer lacks.
+    writers: BTreeMap<Vec<u8>, Writer>,
+    /// The bytes of the changes most recently received or read, to send on
+    /// without reading them from the document again.
+    recent: Recent,
+}
+
+/// Most changes whose bytes a replica keeps at hand ([`Recent`]): about a
+/// megabyte. Peers mostly lack what is new, so most changes are sent on
+/// from here.
+const RECENT_CHANGES: usize = 2_048;
+
+/// Most changes read from the document for one message.
+const MAX_READ_AT_ONCE: usize = 4_096;
+
+/// A bounded memory of change bytes, oldest forgotten first.
+#[derive(Debug, Default)]
+struct Recent {
+    bytes: HashMap<ChangeHash, Vec<u8>>,
+    order: std::collections::VecDeque<ChangeHash>,
+}
+
+impl Recent {
+    fn get(&self, hash: &ChangeHash) -> Option<&[u8]> {
+        self.bytes.get(hash).map(Vec::as_slice)
+    }
+
+    fn remember(&mut self, hash: ChangeHash, bytes: Vec<u8>) {
+        if self.bytes.insert(hash, bytes).is_none() {
+            self.order.push_back(hash);
+        }
+        while self.order.len() > RECENT_CHANGES {
+            if let Some(old) = self.order.pop_front() {
+                self.bytes.remove(&old);
+            }
+        }
+    }
+}
+
+/// The applied changes of one writer (automerge actor).
+#[derive(Debug, Default)]
+struct Writer {
+    /// By sequence number: the change's hash and its first operation's
+    /// counter (a change's counter is above every counter of the changes
+    /// it depends on, so sorting by it puts causes first).
+    changes: BTreeMap<u64, (ChangeHash, u64)>,
+    /// The highest `n` such that changes `1..=n` are all held: the
+    /// writer's entry in the clock.
+    upto: u64,
+}
+
+impl Writer {
+    fn add(&mut self, seq: u64, hash: ChangeHash, start_op: u64) {
+        // A second change under one (writer, sequence number) is a forked
+        // writer; the first one stays (automerge refuses the second).
+        self.changes.entry(seq).or_insert((hash, start_op));
+        while self.changes.contains_key(&(self.upto + 1)) {
+            self.upto += 1;
+        }
+    }
+}
+
+/// Largest total of change bytes in one reconciliation message: what does
+/// not fit goes in the next one, so a ledger of any size syncs in messages
+/// of bounded size, and a cut link loses at most one message's worth.
+pub const MAX_CHANGE_BYTES: usize = 1 << 20;
+
+/// Longest writer (actor) id accepted in a peer's clock.
+pub const MAX_ACTOR_LEN: usize = 64;
+
+/// One reconciliation message of [`AutomergeReplica`] (the payload of a
+/// `Reconcile` sync message): the sender's clock, and the changes it
+/// believes the receiver lacks.
+///
+/// The clock is a version vector, as in Yjs' state vectors: each automerge
+/// writer numbers its changes 1, 2, 3, ... and each change depends on its
+/// writer's previous one, so "changes `1..=n` of writer `w`" for every
+/// writer names a set closed under dependencies: everything a replica
+/// holds, in a few bytes per writer however long its history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockMessage {
+    /// For every writer whose changes the sender holds, the writer's actor
+    /// id and the highest `n` such that it holds that writer's changes
+    /// `1..=n`. Sorted by actor id, each once, `n >= 1`.
+    pub clock: Vec<(Vec<u8>, u64)>,
+    /// Changes the sender holds back because they depend on these, which
+    /// it lacks: the receiver sends them whether or not it sent them
+    /// before. (An honest sender never leaves a dependency out, but the
+    /// receiver may have dropped what waited for one, 9.4.)
+    pub need: Vec<[u8; 32]>,
+    /// Changes the sender believes the receiver lacks, causes before
+    /// effects, each one automerge change in automerge's storage encoding.
+    pub changes: Vec<Vec<u8>>,
+}
+
+impl Encode for ClockMessage {
+    const KIND: &'static str = "reconciliation message";
+}
+
+/// A [`ClockMessage`] parsed and checked.
+pub struct ParsedClock {
+    clock: BTreeMap<Vec<u8>, u64>,
+    need: Vec<ChangeHash>,
+    changes: Vec<automerge::Change>,
+}
+
+/// What one side of a session knows about its peer. Nothing of it outlives
+/// the session: the peer's clock comes again in its first message.
+#[derive(Debug, Clone, Default)]
+pub struct ClockPeer {
+    /// The peer's clock, from its latest message in this session.
+    theirs: Option<BTreeMap<Vec<u8>, u64>>,
+    /// Changes sent to the peer in this session (it may not have said so
+    /// in a clock yet).
+    sent: HashSet<ChangeHash>,
+    /// Changes the peer asked for in its latest message.
+    their_need: Vec<ChangeHash>,
+    /// Changes this side asked the peer for in this session.
+    asked: HashSet<ChangeHash>,
+    /// Whether this side's clock went to the peer in this session.
+    announced: bool,
+}
+
+impl ClockPeer {
+    /// A peer nothing is known about.
+    pub fn new() -> Self {
+        Self::default()
+    }
 }
 
 impl core::fmt::Debug for AutomergeReplica {
@@ -185,46 +316,6 @@ const NO_ORPHANS: automerge::SaveOptions = automerge::SaveOptions {
     deflate: true,
     retain_orphans: false,
 };
-
-/// Byte 0..4 of every automerge storage chunk.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-const CHUNK_DOCUMENT: u8 = 0;
-
-/// Splits a buffer of concatenated automerge storage chunks (magic, 4-byte
-/// checksum, type byte, LEB128 length, data) into `(type, whole chunk)`.
-fn split_chunks(mut data: &[u8]) -> Result<Vec<(u8, &[u8])>, ReplicaError> {
-    let bad = |why: &str| ReplicaError::Malformed(format!("change chunk: {why}"));
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.len() < 9 || data[..4] != CHUNK_MAGIC {
-            return Err(bad("bad magic bytes"));
-        }
-        let kind = data[8];
-        let mut len: u64 = 0;
-        let mut shift = 0u32;
-        let mut i = 9;
-        loop {
-            let b = *data.get(i).ok_or_else(|| bad("truncated length"))?;
-            if shift > 56 {
-                return Err(bad("length too long"));
-            }
-            len |= u64::from(b & 0x7f) << shift;
-            shift += 7;
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| i.checked_add(l))
-            .filter(|&e| e <= data.len())
-            .ok_or_else(|| bad("truncated chunk"))?;
-        out.push((kind, &data[..end]));
-        data = &data[end..];
-    }
-    Ok(out)
-}
 
 /// Adds `value` to a key's values, kept in byte order and without
 /// repeats (two nodes that wrote the same value concurrently leave two
@@ -274,9 +365,122 @@ impl AutomergeReplica {
             saved_heads,
             map: BTreeMap::new(),
             queued: HashMap::new(),
+            writers: BTreeMap::new(),
+            recent: Recent::default(),
         };
         replica.reread_map();
+        replica.reindex_writers();
         replica
+    }
+
+    /// Lists the document's changes by writer again (after a load or a
+    /// merge).
+    fn reindex_writers(&mut self) {
+        self.writers.clear();
+        for meta in self.doc.get_changes_meta(&[]) {
+            self.writers
+                .entry(meta.actor.to_bytes().to_vec())
+                .or_default()
+                .add(meta.seq, meta.hash, meta.start_op);
+        }
+    }
+
+    /// Adds a change the document has just applied or committed to the
+    /// writers' index.
+    fn record(&mut self, hash: ChangeHash) {
+        if let Some(meta) = self.doc.get_change_meta_by_hash(&hash) {
+            self.writers
+                .entry(meta.actor.to_bytes().to_vec())
+                .or_default()
+                .add(meta.seq, meta.hash, meta.start_op);
+        }
+    }
+
+    /// The replica's clock (see [`ClockMessage::clock`]).
+    pub fn clock(&self) -> Vec<(Vec<u8>, u64)> {
+        self.writers
+            .iter()
+            .filter(|(_, w)| w.upto > 0)
+            .map(|(a, w)| (a.clone(), w.upto))
+            .collect()
+    }
+
+    /// The changes a peer with clock `theirs` lacks, less those in `sent`,
+    /// causes first, up to [`MAX_CHANGE_BYTES`] (at least one change), as
+    /// `(hash, bytes)`. Changes in `need` go whether sent before or not.
+    fn changes_for(
+        &mut self,
+        theirs: &BTreeMap<Vec<u8>, u64>,
+        sent: &HashSet<ChangeHash>,
+        need: &[ChangeHash],
+    ) -> Vec<(ChangeHash, Vec<u8>)> {
+        let mut lacking: Vec<(u64, &[u8], u64, ChangeHash)> = Vec::new();
+        for (actor, writer) in &self.writers {
+            let have = theirs.get(actor).copied().unwrap_or(0);
+            for (seq, (hash, start_op)) in writer.changes.range(have.saturating_add(1)..) {
+                if !sent.contains(hash) || need.contains(hash) {
+                    lacking.push((*start_op, actor, *seq, *hash));
+                }
+            }
+        }
+        // Causes before effects: a change's first counter exceeds every
+        // counter of the changes it depends on. (Two changes can share a
+        // counter when one of them is empty; should the cut below fall
+        // between them, the effect waits for its cause in the next
+        // message.)
+        lacking.sort_unstable();
+        let lacking: Vec<ChangeHash> = lacking.into_iter().map(|(.., h)| h).collect();
+        // Recent changes are at hand; the others are read from the
+        // document in one pass (automerge finds a change's operations by
+        // scanning its op columns, so one read per change would cost a
+        // scan each).
+        let mut picked = Vec::new();
+        let mut known = 0usize;
+        let mut missing = Vec::new();
+        for hash in lacking {
+            if known > MAX_CHANGE_BYTES || missing.len() >= MAX_READ_AT_ONCE {
+                break;
+            }
+            match self.recent.get(&hash) {
+                Some(bytes) => known += bytes.len(),
+                None => missing.push(hash),
+            }
+            picked.push(hash);
+        }
+        let mut read: HashMap<ChangeHash, Vec<u8>> = HashMap::new();
+        if !missing.is_empty()
+            && let Ok(bundle) = self.doc.bundle(missing.iter().copied())
+        {
+            for change in bundle.to_changes().unwrap_or_default() {
+                read.insert(change.hash(), change.raw_bytes().to_vec());
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for hash in picked {
+            let change = match self.recent.get(&hash) {
+                Some(change) => change.to_vec(),
+                // A change the document could not give back ends the
+                // message here, so that it stays causally closed; the peer
+                // asks for it (`need`) if something waits for it.
+                None => match read.remove(&hash) {
+                    Some(change) => change,
+                    None => break,
+                },
+            };
+            if !out.is_empty() && bytes + change.len() > MAX_CHANGE_BYTES {
+                break;
+            }
+            bytes += change.len();
+            out.push((hash, change));
+        }
+        let missing: HashSet<ChangeHash> = missing.into_iter().collect();
+        for (hash, change) in &out {
+            if missing.contains(hash) {
+                self.recent.remember(*hash, change.clone());
+            }
+        }
+        out
     }
 
     /// Reads the map from the document again (after a load or a merge).
@@ -351,8 +555,8 @@ impl AutomergeReplica {
 }
 
 impl Replica for AutomergeReplica {
-    type PeerState = sync::State;
-    type Message = sync::Message;
+    type PeerState = ClockPeer;
+    type Message = ParsedClock;
 
     fn values(&self, key: &str) -> Vec<Vec<u8>> {
         self.map.get(key).cloned().unwrap_or_default()
@@ -408,7 +612,11 @@ impl Replica for AutomergeReplica {
         if any {
             // Time 0: the protocol has no use for automerge's wall-clock
             // stamp, and proto reads no clock.
-            tx.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+            let (hash, _) =
+                tx.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+            if let Some(hash) = hash {
+                self.record(hash);
+            }
         } else {
             tx.rollback();
         }
@@ -420,45 +628,84 @@ impl Replica for AutomergeReplica {
 
     fn collapse_heads(&mut self, max: usize) {
         if self.doc.get_heads().len() > max {
-            self.doc
+            let hash = self
+                .doc
                 .empty_commit(automerge::transaction::CommitOptions::default().with_time(0));
+            self.record(hash);
         }
     }
 
-    fn sync_message(&mut self, peer: &mut sync::State) -> Option<Vec<u8>> {
-        self.doc
-            .generate_sync_message(peer)
-            .map(sync::Message::encode)
+    fn sync_message(&mut self, peer: &mut ClockPeer) -> Option<Vec<u8>> {
+        let their_need = std::mem::take(&mut peer.their_need);
+        let changes = match &peer.theirs {
+            Some(theirs) => self.changes_for(theirs, &peer.sent, &their_need),
+            None => Vec::new(),
+        };
+        let need: Vec<ChangeHash> = self
+            .doc
+            .get_missing_deps(&[])
+            .into_iter()
+            .filter(|h| !peer.asked.contains(h))
+            .collect();
+        if changes.is_empty() && need.is_empty() && peer.announced {
+            return None;
+        }
+        peer.announced = true;
+        peer.asked.extend(need.iter().copied());
+        peer.sent.extend(changes.iter().map(|(h, _)| *h));
+        let message = ClockMessage {
+            clock: self.clock(),
+            need: need.iter().map(|h| h.0).collect(),
+            changes: changes.into_iter().map(|(_, c)| c).collect(),
+        };
+        Some(message.encode())
     }
 
-    fn sync_message_after_peer_done(&mut self, peer: &mut sync::State) -> Option<Vec<u8>> {
-        peer.in_flight = false;
+    fn sync_message_after_peer_done(&mut self, peer: &mut ClockPeer) -> Option<Vec<u8>> {
+        // Nothing is awaited from the peer: what is left to send is what
+        // did not fit in the earlier messages.
         self.sync_message(peer)
     }
 
     fn inspect(&self, message: &[u8]) -> Result<Inspected<Self>, ReplicaError> {
-        let parsed =
-            sync::Message::decode(message).map_err(|e| ReplicaError::Malformed(e.to_string()))?;
-        let mut units = Vec::new();
-        for chunk in parsed.changes.iter() {
-            for (kind, bytes) in split_chunks(chunk)? {
-                if kind == CHUNK_DOCUMENT {
-                    let doc = Automerge::load(bytes)
-                        .map_err(|e| ReplicaError::Malformed(e.to_string()))?;
-                    for change in doc.get_changes(&[]) {
-                        units.extend(self.unit(&change)?);
-                    }
-                } else {
-                    let change = automerge::Change::from_bytes(bytes.to_vec())
-                        .map_err(|e| ReplicaError::Malformed(e.to_string()))?;
-                    units.extend(self.unit(&change)?);
-                }
+        let malformed = ReplicaError::Malformed;
+        let parsed = ClockMessage::decode_limited(message, message.len())
+            .map_err(|e| malformed(e.to_string()))?;
+        let mut clock = BTreeMap::new();
+        for (actor, upto) in parsed.clock {
+            if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
+                return Err(malformed(format!(
+                    "clock names a writer id of {} bytes (1 to {MAX_ACTOR_LEN})",
+                    actor.len()
+                )));
             }
+            if upto == 0 {
+                return Err(malformed("clock lists a writer at 0".into()));
+            }
+            if clock
+                .last_key_value()
+                .is_some_and(|(last, _): (&Vec<u8>, _)| *last >= actor)
+            {
+                return Err(malformed("clock not sorted by writer".into()));
+            }
+            clock.insert(actor, upto);
+        }
+        let mut units = Vec::new();
+        let mut changes = Vec::with_capacity(parsed.changes.len());
+        for bytes in parsed.changes {
+            let change = automerge::Change::from_bytes(bytes)
+                .map_err(|e| malformed(format!("change: {e}")))?;
+            units.extend(self.unit(&change)?);
+            changes.push(change);
         }
         Ok(Inspected {
             units,
             size: message.len(),
-            message: parsed,
+            message: ParsedClock {
+                clock,
+                need: parsed.need.into_iter().map(ChangeHash).collect(),
+                changes,
+            },
         })
     }
 
@@ -495,23 +742,37 @@ impl Replica for AutomergeReplica {
             .map(|_| ())
             .map_err(|e| ReplicaError::Apply(e.to_string()));
         self.reread_map();
+        self.reindex_writers();
         merged
     }
 
     fn apply(
         &mut self,
-        peer: &mut sync::State,
+        peer: &mut ClockPeer,
         inspected: Inspected<Self>,
     ) -> Result<(), ReplicaError> {
+        let ParsedClock {
+            clock,
+            need,
+            changes,
+        } = inspected.message;
+        for change in &changes {
+            self.recent
+                .remember(change.hash(), change.raw_bytes().to_vec());
+        }
         let applied = self
             .doc
-            .receive_sync_message(peer, inspected.message)
+            .apply_changes(changes)
             .map_err(|e| ReplicaError::Apply(e.to_string()));
+        if applied.is_ok() {
+            peer.theirs = Some(clock);
+            peer.their_need = need;
+        }
         for unit in inspected.units {
             self.queued.entry(unit.id).or_insert(unit.entries);
         }
         // What automerge applied now, this message's units or ones held
-        // back from earlier messages, enters the map.
+        // back from earlier messages, enters the map and the clock.
         let ready: Vec<UnitId> = self
             .queued
             .keys()
@@ -521,6 +782,7 @@ impl Replica for AutomergeReplica {
         for id in ready {
             if let Some(pairs) = self.queued.remove(&id) {
                 self.add_to_map(pairs);
+                self.record(ChangeHash(id));
             }
         }
         applied
@@ -554,11 +816,14 @@ impl Replica for AutomergeReplica {
         AutomergeReplica::from_doc(Automerge::new().with_actor(Self::actor(actor)), Vec::new())
     }
 
-    fn encode_peer_state(state: &sync::State) -> Vec<u8> {
-        state.encode()
+    fn encode_peer_state(_: &ClockPeer) -> Vec<u8> {
+        // Nothing about a peer outlives a session (see `ClockPeer`).
+        Vec::new()
     }
 
-    fn decode_peer_state(bytes: &[u8]) -> Result<sync::State, ReplicaError> {
-        sync::State::decode(bytes).map_err(|e| ReplicaError::Malformed(e.to_string()))
+    fn decode_peer_state(_: &[u8]) -> Result<ClockPeer, ReplicaError> {
+        // Whatever was stored (including the automerge sync states that
+        // earlier versions kept) describes nothing the next session needs.
+        Ok(ClockPeer::new())
     }
 }

@@ -206,10 +206,10 @@ impl<R: Replica> SyncSession<R> {
         config: SyncConfig,
         now: Millis,
     ) -> Self {
-        // Only what survives storage carries over from an earlier session
-        // (the heads both sides had): the rest (changes sent, the peer's
-        // last Bloom filter, "in flight") described that session's link and
-        // would keep automerge from sending again what was lost with it.
+        // Only what survives storage carries over from an earlier session:
+        // the rest (what was sent, what the peer said it holds) described
+        // that session's link, and would keep this side from sending again
+        // what was lost with it.
         let peer = R::decode_peer_state(&R::encode_peer_state(&peer)).unwrap_or_default();
         let mut s = SyncSession {
             config,
