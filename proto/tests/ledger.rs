@@ -489,13 +489,12 @@ fn hostile_message(victim: &mut Ledger, doc: &mut automerge::Automerge) -> Vec<u
     let opening = ClockMessage::decode(&opening).expect("decodes");
     assert!(opening.changes.is_empty(), "an opening carries no changes");
     ClockMessage {
-        clock: Vec::new(),
-        need: Vec::new(),
         changes: doc
             .get_changes(&[])
             .iter()
             .map(|c| c.raw_bytes().to_vec())
             .collect(),
+        ..ClockMessage::default()
     }
     .encode()
 }
@@ -1443,12 +1442,26 @@ fn malformed_clocks_are_refused_and_change_nothing() {
         vec![(Vec::new(), 1)],
         vec![(vec![1u8; meshpay_proto::ledger::MAX_ACTOR_LEN + 1], 1)],
     ];
-    for clock in bad {
-        let m = ClockMessage {
-            clock: clock.clone(),
-            need: Vec::new(),
-            changes: Vec::new(),
-        };
+    let mut messages: Vec<ClockMessage> = bad
+        .into_iter()
+        .map(|clock| ClockMessage {
+            covers: u32::MAX,
+            clock,
+            ..ClockMessage::default()
+        })
+        .collect();
+    // An entry in a bucket the message does not say it covers.
+    messages.push(ClockMessage {
+        covers: 0,
+        clock: vec![(vec![1u8; 16], 1)],
+        ..ClockMessage::default()
+    });
+    // A summary with the wrong number of buckets.
+    messages.push(ClockMessage {
+        summary: vec![[0u8; 8]; meshpay_proto::ledger::CLOCK_BUCKETS - 1],
+        ..ClockMessage::default()
+    });
+    for m in messages {
         let e = l
             .receive(&mut PeerState::new(), &m.encode())
             .expect_err("refused");
@@ -1457,8 +1470,63 @@ fn malformed_clocks_are_refused_and_change_nothing() {
                 e,
                 LedgerError::Replica(meshpay_proto::ledger::ReplicaError::Malformed(_))
             ),
-            "{clock:?}: {e:?}"
+            "{m:?}: {e:?}"
         );
     }
     assert_eq!(l.entries(), before);
+}
+
+/// A ledger with `n` writers besides its own: writer `w` (actor `[w; 16]`)
+/// wrote wallet `w`'s allowance.
+fn with_writers(node: u8, n: u8) -> Ledger {
+    let mut l = ledger(node);
+    for w in 1..=n {
+        let mut writer = with_wallets(w, &[u32::from(w)]);
+        l.import(&writer.save()).expect("import");
+    }
+    l
+}
+
+/// With many writers, peers exchange a summary of their clocks and then
+/// only the buckets that differ: less than their whole clocks, however
+/// many writers they share.
+#[test]
+fn many_writers_sync_by_clock_summary() {
+    use meshpay_proto::ledger::SMALL_CLOCK;
+    let mut base = with_writers(200, 100);
+    let mut left = copy(&mut base, 201);
+    let mut right = copy(&mut base, 202);
+    assert!(left.replica().clock(u32::MAX).len() > SMALL_CLOCK);
+    // Each side learns something of its own.
+    let (k, a) = wallet(1);
+    left.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("header");
+    let mut newcomer = with_wallets(150, &[150]);
+    right.import(&newcomer.save()).expect("import");
+    let whole_clocks: usize = [&left, &right]
+        .iter()
+        .map(|l| {
+            ClockMessage {
+                covers: u32::MAX,
+                clock: l.replica().clock(u32::MAX),
+                ..ClockMessage::default()
+            }
+            .encode()
+            .len()
+        })
+        .sum();
+    let (sl, sr) = sync(&mut left, &mut right);
+    assert_eq!(left.digest(), right.digest());
+    assert_eq!(left.len(), base.len() + 2);
+    let total = sl.bytes_sent + sr.bytes_sent;
+    assert!(
+        (total as usize) < whole_clocks,
+        "{total} bytes in all, the two clocks alone are {whole_clocks}"
+    );
+    // A stranger with nothing (a small clock) gets everything from a
+    // summary-sending peer.
+    let mut empty = ledger(203);
+    sync(&mut left, &mut empty);
+    assert_eq!(empty.digest(), left.digest());
+    assert_eq!(empty.len(), left.len());
 }

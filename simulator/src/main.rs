@@ -56,9 +56,10 @@ enum Command {
         /// Print the summary as JSON on stdout instead of the table.
         #[arg(long = "print-json")]
         print_json: bool,
-        /// Verify every signature afresh on every device, instead of
-        /// remembering each (key, message, signature)'s result in this
-        /// process (same outcomes, more CPU: for comparing).
+        /// Compute every signature check, key decompression and ledger
+        /// digest element afresh on every device, instead of remembering
+        /// each result in this process (same outcomes, more CPU: for
+        /// comparing).
         #[arg(long = "no-verify-memo")]
         no_verify_memo: bool,
     },
@@ -117,10 +118,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             no_verify_memo,
         } => {
             if !no_verify_memo {
-                // Every device verifies the same signatures as entries
-                // spread; the result for one (key, message, signature)
-                // cannot differ between devices, so this process computes
-                // it once. No device accepts anything it would not have.
+                // Every device verifies the same signatures, decompresses
+                // the same keys and maps the same entries to digest points
+                // as entries spread; each result is a pure function of its
+                // bytes and cannot differ between devices, so this process
+                // computes it once. No device accepts anything it would
+                // not have.
                 meshpay_proto::verify_memo::enable();
             }
             let s = Scenario::load(&scenario)?.scaled(scale, hours)?;

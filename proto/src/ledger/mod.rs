@@ -26,8 +26,8 @@ pub use entry::{
     Entry, EntryError, EntryKind, allowance_key, header_key, headers_prefix, proofs_prefix,
 };
 pub use replica::{
-    AutomergeReplica, ClockMessage, ClockPeer, Inspected, KeyValue, MAX_ACTOR_LEN,
-    MAX_CHANGE_BYTES, ParsedClock, Replica, ReplicaError, Unit, UnitId,
+    AutomergeReplica, CLOCK_BUCKETS, ClockMessage, ClockPeer, Inspected, KeyValue, MAX_ACTOR_LEN,
+    MAX_CHANGE_BYTES, ParsedClock, Replica, ReplicaError, SMALL_CLOCK, Unit, UnitId,
 };
 
 use crate::allowance::{Allowance, AllowanceId, TrustStore};

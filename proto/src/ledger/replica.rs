@@ -220,6 +220,8 @@ struct Writer {
     /// The highest `n` such that changes `1..=n` are all held: the
     /// writer's entry in the clock.
     upto: u64,
+    /// The writer's bucket (see [`ClockMessage::covers`]), as a bit.
+    bucket: u32,
 }
 
 impl Writer {
@@ -241,19 +243,40 @@ pub const MAX_CHANGE_BYTES: usize = 1 << 20;
 /// Longest writer (actor) id accepted in a peer's clock.
 pub const MAX_ACTOR_LEN: usize = 64;
 
+/// Buckets a clock is summarised in (see [`ClockMessage::summary`]).
+pub const CLOCK_BUCKETS: usize = 32;
+
+/// Every bucket, as a bit set.
+const ALL_BUCKETS: u32 = u32::MAX;
+
+/// A replica with at most this many writers sends its whole clock at once
+/// instead of a summary (the clock is then about as small as a summary).
+pub const SMALL_CLOCK: usize = 16;
+
 /// One reconciliation message of [`AutomergeReplica`] (the payload of a
-/// `Reconcile` sync message): the sender's clock, and the changes it
-/// believes the receiver lacks.
+/// `Reconcile` sync message): what the sender holds, as a clock or a
+/// summary of one, and the changes it believes the receiver lacks.
 ///
 /// The clock is a version vector, as in Yjs' state vectors: each automerge
 /// writer numbers its changes 1, 2, 3, ... and each change depends on its
 /// writer's previous one, so "changes `1..=n` of writer `w`" for every
 /// writer names a set closed under dependencies: everything a replica
-/// holds, in a few bytes per writer however long its history.
+/// holds, in a few bytes per writer however long its history. With many
+/// writers even that adds up, so a replica first sends a summary (a digest
+/// per bucket of writers) and then the entries of the buckets that differ.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockMessage {
-    /// For every writer whose changes the sender holds, the writer's actor
-    /// id and the highest `n` such that it holds that writer's changes
+    /// Empty, or for each of the [`CLOCK_BUCKETS`] buckets the first 8
+    /// bytes of `H("meshpay/v1/clock-bucket", entries)` over the sender's
+    /// clock entries in that bucket, in actor order, each as
+    /// `u8(len) || actor || u64_le(n)`.
+    pub summary: Vec<[u8; 8]>,
+    /// Bit `b` set: `clock` lists every entry of the sender's clock in
+    /// bucket `b` (a writer's bucket is the first byte of SHA-256 of its
+    /// actor id, modulo [`CLOCK_BUCKETS`]).
+    pub covers: u32,
+    /// Clock entries in the covered buckets: the writer's actor id and the
+    /// highest `n` such that the sender holds that writer's changes
     /// `1..=n`. Sorted by actor id, each once, `n >= 1`.
     pub clock: Vec<(Vec<u8>, u64)>,
     /// Changes the sender holds back because they depend on these, which
@@ -272,17 +295,38 @@ impl Encode for ClockMessage {
 
 /// A [`ClockMessage`] parsed and checked.
 pub struct ParsedClock {
+    summary: Option<[[u8; 8]; CLOCK_BUCKETS]>,
+    covers: u32,
     clock: BTreeMap<Vec<u8>, u64>,
     need: Vec<ChangeHash>,
     changes: Vec<automerge::Change>,
 }
 
+/// A writer's bucket, as a bit: the first byte of SHA-256 of its actor
+/// id, modulo [`CLOCK_BUCKETS`]. (A hash, because actor ids need not be
+/// random: the simulator's and the tests' are not.)
+fn bucket_bit(actor: &[u8]) -> u32 {
+    use sha2::Digest as _;
+    let first = sha2::Sha256::digest(actor)[0];
+    1 << (usize::from(first) % CLOCK_BUCKETS)
+}
+
 /// What one side of a session knows about its peer. Nothing of it outlives
-/// the session: the peer's clock comes again in its first message.
+/// the session: the peer's clock comes again in its first messages.
 #[derive(Debug, Clone, Default)]
 pub struct ClockPeer {
-    /// The peer's clock, from its latest message in this session.
-    theirs: Option<BTreeMap<Vec<u8>, u64>>,
+    /// The peer's clock entries as far as known: in the buckets of
+    /// `known`.
+    theirs: BTreeMap<Vec<u8>, u64>,
+    /// Buckets of the peer's clock this side knows: sent by the peer, or
+    /// equal to this side's by the peer's summary.
+    known: u32,
+    /// Buckets whose entries this side has sent.
+    told: u32,
+    /// The peer's summary, not yet compared.
+    their_summary: Option<[[u8; 8]; CLOCK_BUCKETS]>,
+    /// Buckets the peer sent whose entries this side owes in return.
+    owed: u32,
     /// Changes sent to the peer in this session (it may not have said so
     /// in a clock yet).
     sent: HashSet<ChangeHash>,
@@ -290,7 +334,7 @@ pub struct ClockPeer {
     their_need: Vec<ChangeHash>,
     /// Changes this side asked the peer for in this session.
     asked: HashSet<ChangeHash>,
-    /// Whether this side's clock went to the peer in this session.
+    /// Whether this side's clock or summary went to the peer.
     announced: bool,
 }
 
@@ -377,32 +421,73 @@ impl AutomergeReplica {
     /// merge).
     fn reindex_writers(&mut self) {
         self.writers.clear();
-        for meta in self.doc.get_changes_meta(&[]) {
-            self.writers
-                .entry(meta.actor.to_bytes().to_vec())
-                .or_default()
-                .add(meta.seq, meta.hash, meta.start_op);
+        let metas: Vec<_> = self
+            .doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .map(|m| (m.actor.to_bytes().to_vec(), m.seq, m.hash, m.start_op))
+            .collect();
+        for (actor, seq, hash, start_op) in metas {
+            self.add_to_writer(actor, seq, hash, start_op);
         }
+    }
+
+    fn add_to_writer(&mut self, actor: Vec<u8>, seq: u64, hash: ChangeHash, start_op: u64) {
+        self.writers
+            .entry(actor)
+            .or_insert_with_key(|actor| Writer {
+                bucket: bucket_bit(actor),
+                ..Writer::default()
+            })
+            .add(seq, hash, start_op);
     }
 
     /// Adds a change the document has just applied or committed to the
     /// writers' index.
     fn record(&mut self, hash: ChangeHash) {
         if let Some(meta) = self.doc.get_change_meta_by_hash(&hash) {
-            self.writers
-                .entry(meta.actor.to_bytes().to_vec())
-                .or_default()
-                .add(meta.seq, meta.hash, meta.start_op);
+            let (actor, seq, start_op) = (meta.actor.to_bytes().to_vec(), meta.seq, meta.start_op);
+            self.add_to_writer(actor, seq, hash, start_op);
         }
     }
 
-    /// The replica's clock (see [`ClockMessage::clock`]).
-    pub fn clock(&self) -> Vec<(Vec<u8>, u64)> {
+    /// The replica's clock entries in the buckets of `buckets` (see
+    /// [`ClockMessage::clock`]).
+    pub fn clock(&self, buckets: u32) -> Vec<(Vec<u8>, u64)> {
         self.writers
             .iter()
-            .filter(|(_, w)| w.upto > 0)
+            .filter(|(_, w)| w.upto > 0 && w.bucket & buckets != 0)
             .map(|(a, w)| (a.clone(), w.upto))
             .collect()
+    }
+
+    /// The replica's clock summary (see [`ClockMessage::summary`]).
+    pub fn summary(&self) -> [[u8; 8]; CLOCK_BUCKETS] {
+        use sha2::Digest as _;
+        let mut hashers: Vec<sha2::Sha256> = (0..CLOCK_BUCKETS)
+            .map(|_| {
+                let mut h = sha2::Sha256::new();
+                h.update(b"meshpay/v1/clock-bucket\0");
+                h
+            })
+            .collect();
+        for (actor, w) in self.writers.iter().filter(|(_, w)| w.upto > 0) {
+            let h = &mut hashers[w.bucket.trailing_zeros() as usize];
+            // Actor ids are at most MAX_ACTOR_LEN (64) bytes.
+            h.update([actor.len() as u8]);
+            h.update(actor);
+            h.update(w.upto.to_le_bytes());
+        }
+        let mut out = [[0u8; 8]; CLOCK_BUCKETS];
+        for (o, h) in out.iter_mut().zip(hashers) {
+            o.copy_from_slice(&h.finalize()[..8]);
+        }
+        out
+    }
+
+    /// The number of writers in the clock.
+    fn clock_len(&self) -> usize {
+        self.writers.values().filter(|w| w.upto > 0).count()
     }
 
     /// The changes a peer with clock `theirs` lacks, less those in `sent`,
@@ -636,10 +721,45 @@ impl Replica for AutomergeReplica {
     }
 
     fn sync_message(&mut self, peer: &mut ClockPeer) -> Option<Vec<u8>> {
+        let mut summary = Vec::new();
+        let mut covers = 0u32;
+        if !peer.announced {
+            if self.clock_len() <= SMALL_CLOCK {
+                covers = ALL_BUCKETS;
+            } else {
+                summary = self.summary().to_vec();
+            }
+        }
+        if let Some(theirs) = peer.their_summary.take() {
+            // Buckets equal to ours are known: the peer holds what we hold
+            // there (as of now: our clock only grows). The entries of the
+            // others go to the peer, which answers with its own.
+            let mine = self.summary();
+            let mut equal = 0u32;
+            for (b, (t, m)) in theirs.iter().zip(mine.iter()).enumerate() {
+                if t == m {
+                    equal |= 1 << b;
+                } else {
+                    covers |= 1 << b;
+                }
+            }
+            let learnt = equal & !peer.known;
+            if learnt != 0 {
+                peer.theirs.extend(self.clock(learnt));
+                peer.known |= learnt;
+            }
+        }
+        covers |= std::mem::take(&mut peer.owed);
+        covers &= !peer.told;
+        peer.told |= covers;
         let their_need = std::mem::take(&mut peer.their_need);
-        let changes = match &peer.theirs {
-            Some(theirs) => self.changes_for(theirs, &peer.sent, &their_need),
-            None => Vec::new(),
+        let changes = if peer.known == ALL_BUCKETS {
+            let theirs = std::mem::take(&mut peer.theirs);
+            let changes = self.changes_for(&theirs, &peer.sent, &their_need);
+            peer.theirs = theirs;
+            changes
+        } else {
+            Vec::new()
         };
         let need: Vec<ChangeHash> = self
             .doc
@@ -647,14 +767,25 @@ impl Replica for AutomergeReplica {
             .into_iter()
             .filter(|h| !peer.asked.contains(h))
             .collect();
-        if changes.is_empty() && need.is_empty() && peer.announced {
+        if summary.is_empty()
+            && covers == 0
+            && changes.is_empty()
+            && need.is_empty()
+            && peer.announced
+        {
             return None;
         }
         peer.announced = true;
         peer.asked.extend(need.iter().copied());
         peer.sent.extend(changes.iter().map(|(h, _)| *h));
         let message = ClockMessage {
-            clock: self.clock(),
+            summary,
+            covers,
+            clock: if covers == 0 {
+                Vec::new()
+            } else {
+                self.clock(covers)
+            },
             need: need.iter().map(|h| h.0).collect(),
             changes: changes.into_iter().map(|(_, c)| c).collect(),
         };
@@ -671,6 +802,19 @@ impl Replica for AutomergeReplica {
         let malformed = ReplicaError::Malformed;
         let parsed = ClockMessage::decode_limited(message, message.len())
             .map_err(|e| malformed(e.to_string()))?;
+        let summary = match parsed.summary.len() {
+            0 => None,
+            CLOCK_BUCKETS => {
+                let mut s = [[0u8; 8]; CLOCK_BUCKETS];
+                s.copy_from_slice(&parsed.summary);
+                Some(s)
+            }
+            n => {
+                return Err(malformed(format!(
+                    "clock summary of {n} buckets (0 or {CLOCK_BUCKETS})"
+                )));
+            }
+        };
         let mut clock = BTreeMap::new();
         for (actor, upto) in parsed.clock {
             if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
@@ -688,6 +832,11 @@ impl Replica for AutomergeReplica {
             {
                 return Err(malformed("clock not sorted by writer".into()));
             }
+            if bucket_bit(&actor) & parsed.covers == 0 {
+                return Err(malformed(
+                    "clock entry outside the buckets it covers".into(),
+                ));
+            }
             clock.insert(actor, upto);
         }
         let mut units = Vec::new();
@@ -702,6 +851,8 @@ impl Replica for AutomergeReplica {
             units,
             size: message.len(),
             message: ParsedClock {
+                summary,
+                covers: parsed.covers,
                 clock,
                 need: parsed.need.into_iter().map(ChangeHash).collect(),
                 changes,
@@ -752,6 +903,8 @@ impl Replica for AutomergeReplica {
         inspected: Inspected<Self>,
     ) -> Result<(), ReplicaError> {
         let ParsedClock {
+            summary,
+            covers,
             clock,
             need,
             changes,
@@ -765,7 +918,17 @@ impl Replica for AutomergeReplica {
             .apply_changes(changes)
             .map_err(|e| ReplicaError::Apply(e.to_string()));
         if applied.is_ok() {
-            peer.theirs = Some(clock);
+            if summary.is_some() {
+                peer.their_summary = summary;
+            }
+            if covers != 0 {
+                // The peer's entries in these buckets, complete: they
+                // replace what was known there. It waits for ours in turn.
+                peer.theirs.retain(|a, _| bucket_bit(a) & covers == 0);
+                peer.theirs.extend(clock);
+                peer.known |= covers;
+                peer.owed |= covers & !peer.told;
+            }
             peer.their_need = need;
         }
         for unit in inspected.units {
