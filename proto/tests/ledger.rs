@@ -1122,7 +1122,9 @@ fn changes_of(l: &Ledger) -> Vec<automerge::Change> {
 #[test]
 fn a_header_sent_before_its_allowance_waits_for_it_within_the_session() {
     let (k, a) = wallet(1);
-    let mut sender = with_wallets(1, &[1]);
+    // One writer wrote the allowance, another the header.
+    let mut first = with_wallets(1, &[1]);
+    let mut sender = copy(&mut first, 3);
     let h = header(&k, &a, 1, 100, 1);
     sender.insert(Entry::Header(h.clone())).expect("header");
     let changes = changes_of(&sender);
@@ -1139,7 +1141,8 @@ fn a_header_sent_before_its_allowance_waits_for_it_within_the_session() {
         .receive(&mut s_state, &opening)
         .expect("opening accepted");
     let full = sender.sync_message(&mut s_state).expect("changes");
-    // The allowance's change is left out, as after a Bloom false positive.
+    // The allowance's change is left out, as a receiver that dropped its
+    // held-back changes, or a message cut between the two, would see.
     let only_header = with_changes(&full, &[&changes[1]]);
     let proofs = receiver
         .receive(&mut r_state, &only_header)
@@ -1529,4 +1532,135 @@ fn many_writers_sync_by_clock_summary() {
     sync(&mut left, &mut empty);
     assert_eq!(empty.digest(), left.digest());
     assert_eq!(empty.len(), left.len());
+}
+
+/// `n` empty changes written by `actor`, oldest first.
+fn empty_changes(actor: &[u8], n: usize) -> Vec<automerge::Change> {
+    let mut doc = automerge::Automerge::new().with_actor(automerge::ActorId::from(actor));
+    for _ in 0..n {
+        doc.empty_commit(automerge::transaction::CommitOptions::default().with_time(0));
+    }
+    doc.get_changes(&[])
+}
+
+fn carrying(changes: &[&automerge::Change]) -> Vec<u8> {
+    ClockMessage {
+        changes: changes.iter().map(|c| c.raw_bytes().to_vec()).collect(),
+        ..ClockMessage::default()
+    }
+    .encode()
+}
+
+/// automerge 0.12 panics on a change whose writer's previous change it
+/// lacks, or that reuses a writer's sequence number: such changes are left
+/// out or refused before they reach it.
+#[test]
+fn changes_out_of_their_writers_order_never_reach_automerge() {
+    let writer = [7u8; 16];
+    let mut l = victim();
+    let before = l.entries();
+    let ours = empty_changes(&writer, 2);
+    // The second change alone: left out, nothing applied.
+    l.receive(&mut PeerState::new(), &carrying(&[&ours[1]]))
+        .expect("left out, not refused");
+    assert!(
+        !l.replica()
+            .clock(u32::MAX)
+            .iter()
+            .any(|(a, _)| a[..] == writer)
+    );
+    // Both, in order: taken.
+    l.receive(&mut PeerState::new(), &carrying(&[&ours[0], &ours[1]]))
+        .expect("taken");
+    assert!(l.replica().clock(u32::MAX).contains(&(writer.to_vec(), 2)));
+    // Another first change by the same writer: a forked writer, refused.
+    let mut other = automerge::Automerge::new().with_actor(automerge::ActorId::from(&writer[..]));
+    let mut tx = other.transaction();
+    use automerge::transaction::Transactable;
+    tx.put(automerge::ROOT, "x", automerge::ScalarValue::Bytes(vec![1]))
+        .expect("put");
+    tx.commit();
+    let fork = other.get_changes(&[]);
+    let e = l
+        .receive(&mut PeerState::new(), &carrying(&[&fork[0]]))
+        .expect_err("refused");
+    assert!(
+        matches!(
+            e,
+            LedgerError::Replica(meshpay_proto::ledger::ReplicaError::Malformed(_))
+        ),
+        "{e:?}"
+    );
+    // A writer id longer than any clock may carry: refused.
+    let long = empty_changes(&[1u8; meshpay_proto::ledger::MAX_ACTOR_LEN + 1], 1);
+    assert!(
+        l.receive(&mut PeerState::new(), &carrying(&[&long[0]]))
+            .is_err()
+    );
+    assert_eq!(l.entries(), before);
+}
+
+/// When a forged change makes the receiver drop everything it held back,
+/// honest changes the sender already sent go with it; the receiver's next
+/// message says so (`resend`), and the sender sends them again within the
+/// same session.
+#[test]
+fn honest_changes_dropped_with_a_forged_one_are_sent_again_in_the_session() {
+    use automerge::transaction::Transactable;
+    let (k, a) = wallet(1);
+    let (stranger, _) = wallet(3);
+    let mut first = with_wallets(1, &[1]);
+    let mut honest = copy(&mut first, 3);
+    let h = header(&k, &a, 1, 100, 1);
+    honest.insert(Entry::Header(h.clone())).expect("header");
+    let changes = changes_of(&honest);
+    let (allowance_change, header_change) = (&changes[0], &changes[1]);
+
+    // A forged header built on the allowance's change.
+    let mut evil = first
+        .replica()
+        .doc()
+        .fork()
+        .with_actor(automerge::ActorId::from(&[9u8; 16][..]));
+    let mut tx = evil.transaction();
+    tx.put(
+        automerge::ROOT,
+        meshpay_proto::ledger::header_key(&a.id, 2),
+        automerge::ScalarValue::Bytes(
+            Entry::Header(header(&stranger, &a, 2, 200, 2)).encode_value(),
+        ),
+    )
+    .expect("put");
+    tx.commit();
+    let forged = evil.get_last_local_change().expect("change").clone();
+
+    let mut victim = ledger(2);
+    let (mut h_state, mut v_state) = (PeerState::new(), PeerState::new());
+    let opening = victim.sync_message(&mut v_state).expect("opening");
+    honest.receive(&mut h_state, &opening).expect("opening");
+    let full = honest.sync_message(&mut h_state).expect("both changes");
+    // The header's change arrives alone and waits; so does the forged one.
+    victim
+        .receive(&mut v_state, &with_changes(&full, &[header_change]))
+        .expect("held");
+    victim
+        .receive(&mut PeerState::new(), &carrying(&[&forged]))
+        .expect("held");
+    assert_eq!(victim.waiting_units(), 2);
+    // The allowance arrives: the forged change fails its check, everything
+    // held back is dropped, the allowance is taken alone.
+    victim
+        .receive(&mut v_state, &with_changes(&full, &[allowance_change]))
+        .expect("taken");
+    assert_eq!(victim.waiting_units(), 0);
+    assert!(victim.all_headers().is_empty());
+
+    // Same session: the victim asks, the honest side sends the header again.
+    let ask = victim.sync_message(&mut v_state).expect("asks again");
+    assert!(ClockMessage::decode(&ask).expect("decodes").resend);
+    honest.receive(&mut h_state, &ask).expect("ask");
+    let again = honest.sync_message(&mut h_state).expect("sends again");
+    victim.receive(&mut v_state, &again).expect("header");
+    assert_eq!(victim.all_headers(), vec![h]);
+    assert_eq!(victim.digest(), honest.digest());
 }

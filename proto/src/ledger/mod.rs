@@ -27,7 +27,8 @@ pub use entry::{
 };
 pub use replica::{
     AutomergeReplica, CLOCK_BUCKETS, ClockMessage, ClockPeer, Inspected, KeyValue, MAX_ACTOR_LEN,
-    MAX_CHANGE_BYTES, ParsedClock, Replica, ReplicaError, SMALL_CLOCK, Unit, UnitId,
+    MAX_CHANGE_BYTES, MAX_CLOCK_WRITERS, MAX_NEED, ParsedClock, Replica, ReplicaError, SMALL_CLOCK,
+    Unit, UnitId,
 };
 
 use crate::allowance::{Allowance, AllowanceId, TrustStore};

@@ -176,12 +176,16 @@ pub struct AutomergeReplica {
     /// The bytes of the changes most recently received or read, to send on
     /// without reading them from the document again.
     recent: Recent,
+    /// How many times changes held back were dropped (see
+    /// [`ClockMessage::resend`]).
+    purges: u64,
 }
 
-/// Most changes whose bytes a replica keeps at hand ([`Recent`]): about a
-/// megabyte. Peers mostly lack what is new, so most changes are sent on
-/// from here.
+/// Most changes whose bytes a replica keeps at hand ([`Recent`]), and
+/// most bytes they may take. Peers mostly lack what is new, so most
+/// changes are sent on from here.
 const RECENT_CHANGES: usize = 2_048;
+const RECENT_BYTES: usize = 8 << 20;
 
 /// Most changes read from the document for one message.
 const MAX_READ_AT_ONCE: usize = 4_096;
@@ -191,6 +195,7 @@ const MAX_READ_AT_ONCE: usize = 4_096;
 struct Recent {
     bytes: HashMap<ChangeHash, Vec<u8>>,
     order: std::collections::VecDeque<ChangeHash>,
+    total: usize,
 }
 
 impl Recent {
@@ -199,12 +204,18 @@ impl Recent {
     }
 
     fn remember(&mut self, hash: ChangeHash, bytes: Vec<u8>) {
-        if self.bytes.insert(hash, bytes).is_none() {
-            self.order.push_back(hash);
+        if self.bytes.contains_key(&hash) {
+            return;
         }
-        while self.order.len() > RECENT_CHANGES {
-            if let Some(old) = self.order.pop_front() {
-                self.bytes.remove(&old);
+        self.total += bytes.len();
+        self.bytes.insert(hash, bytes);
+        self.order.push_back(hash);
+        while self.order.len() > RECENT_CHANGES || self.total > RECENT_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = self.bytes.remove(&old) {
+                self.total -= b.len();
             }
         }
     }
@@ -240,8 +251,14 @@ impl Writer {
 /// of bounded size, and a cut link loses at most one message's worth.
 pub const MAX_CHANGE_BYTES: usize = 1 << 20;
 
-/// Longest writer (actor) id accepted in a peer's clock.
+/// Longest writer (actor) id accepted in a peer's clock or change.
 pub const MAX_ACTOR_LEN: usize = 64;
+
+/// Most writers a peer's clock may list.
+pub const MAX_CLOCK_WRITERS: usize = 1 << 16;
+
+/// Most changes a peer may ask for in one message.
+pub const MAX_NEED: usize = 16_384;
 
 /// Buckets a clock is summarised in (see [`ClockMessage::summary`]).
 pub const CLOCK_BUCKETS: usize = 32;
@@ -284,6 +301,10 @@ pub struct ClockMessage {
     /// before. (An honest sender never leaves a dependency out, but the
     /// receiver may have dropped what waited for one, 9.4.)
     pub need: Vec<[u8; 32]>,
+    /// The sender dropped changes it held back (9.4) since it last wrote
+    /// to the receiver: the receiver forgets which changes it sent in this
+    /// session and sends again whatever the sender's clock lacks.
+    pub resend: bool,
     /// Changes the sender believes the receiver lacks, causes before
     /// effects, each one automerge change in automerge's storage encoding.
     pub changes: Vec<Vec<u8>>,
@@ -299,6 +320,7 @@ pub struct ParsedClock {
     covers: u32,
     clock: BTreeMap<Vec<u8>, u64>,
     need: Vec<ChangeHash>,
+    resend: bool,
     changes: Vec<automerge::Change>,
 }
 
@@ -336,6 +358,9 @@ pub struct ClockPeer {
     asked: HashSet<ChangeHash>,
     /// Whether this side's clock or summary went to the peer.
     announced: bool,
+    /// The replica's count of purges when this side last wrote to the
+    /// peer.
+    purges: u64,
 }
 
 impl ClockPeer {
@@ -411,6 +436,7 @@ impl AutomergeReplica {
             queued: HashMap::new(),
             writers: BTreeMap::new(),
             recent: Recent::default(),
+            purges: 0,
         };
         replica.reread_map();
         replica.reindex_writers();
@@ -497,7 +523,7 @@ impl AutomergeReplica {
         &mut self,
         theirs: &BTreeMap<Vec<u8>, u64>,
         sent: &HashSet<ChangeHash>,
-        need: &[ChangeHash],
+        need: &HashSet<ChangeHash>,
     ) -> Vec<(ChangeHash, Vec<u8>)> {
         let mut lacking: Vec<(u64, &[u8], u64, ChangeHash)> = Vec::new();
         for (actor, writer) in &self.writers {
@@ -536,8 +562,9 @@ impl AutomergeReplica {
         if !missing.is_empty()
             && let Ok(bundle) = self.doc.bundle(missing.iter().copied())
         {
-            for change in bundle.to_changes().unwrap_or_default() {
-                read.insert(change.hash(), change.raw_bytes().to_vec());
+            for mut change in bundle.to_changes().unwrap_or_default() {
+                // Compressed when that is smaller, as automerge stores it.
+                read.insert(change.hash(), change.bytes().into_owned());
             }
         }
         let mut out = Vec::new();
@@ -548,7 +575,11 @@ impl AutomergeReplica {
                 // A change the document could not give back ends the
                 // message here, so that it stays causally closed; the peer
                 // asks for it (`need`) if something waits for it.
-                None => match read.remove(&hash) {
+                None => match read.remove(&hash).or_else(|| {
+                    self.doc
+                        .get_change_by_hash(&hash)
+                        .map(|mut c| c.bytes().into_owned())
+                }) {
                     Some(change) => change,
                     None => break,
                 },
@@ -723,6 +754,19 @@ impl Replica for AutomergeReplica {
     fn sync_message(&mut self, peer: &mut ClockPeer) -> Option<Vec<u8>> {
         let mut summary = Vec::new();
         let mut covers = 0u32;
+        let mut resend = false;
+        if !peer.announced {
+            peer.purges = self.purges;
+        } else if peer.purges != self.purges {
+            // Changes this side held back, some perhaps sent by the peer,
+            // are gone: the peer must send them again, and whatever was
+            // asked for may be asked for again.
+            peer.purges = self.purges;
+            resend = true;
+            peer.told = 0;
+            peer.asked.clear();
+            covers = ALL_BUCKETS;
+        }
         if !peer.announced {
             if self.clock_len() <= SMALL_CLOCK {
                 covers = ALL_BUCKETS;
@@ -752,7 +796,8 @@ impl Replica for AutomergeReplica {
         covers |= std::mem::take(&mut peer.owed);
         covers &= !peer.told;
         peer.told |= covers;
-        let their_need = std::mem::take(&mut peer.their_need);
+        let their_need: HashSet<ChangeHash> =
+            std::mem::take(&mut peer.their_need).into_iter().collect();
         let changes = if peer.known == ALL_BUCKETS {
             let theirs = std::mem::take(&mut peer.theirs);
             let changes = self.changes_for(&theirs, &peer.sent, &their_need);
@@ -767,7 +812,8 @@ impl Replica for AutomergeReplica {
             .into_iter()
             .filter(|h| !peer.asked.contains(h))
             .collect();
-        if summary.is_empty()
+        if !resend
+            && summary.is_empty()
             && covers == 0
             && changes.is_empty()
             && need.is_empty()
@@ -787,6 +833,7 @@ impl Replica for AutomergeReplica {
                 self.clock(covers)
             },
             need: need.iter().map(|h| h.0).collect(),
+            resend,
             changes: changes.into_iter().map(|(_, c)| c).collect(),
         };
         Some(message.encode())
@@ -815,6 +862,18 @@ impl Replica for AutomergeReplica {
                 )));
             }
         };
+        if parsed.clock.len() > MAX_CLOCK_WRITERS {
+            return Err(malformed(format!(
+                "clock of {} writers (at most {MAX_CLOCK_WRITERS})",
+                parsed.clock.len()
+            )));
+        }
+        if parsed.need.len() > MAX_NEED {
+            return Err(malformed(format!(
+                "asks for {} changes (at most {MAX_NEED})",
+                parsed.need.len()
+            )));
+        }
         let mut clock = BTreeMap::new();
         for (actor, upto) in parsed.clock {
             if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
@@ -841,9 +900,46 @@ impl Replica for AutomergeReplica {
         }
         let mut units = Vec::new();
         let mut changes = Vec::with_capacity(parsed.changes.len());
+        // Each writer's next sequence number: automerge 0.12 panics on a
+        // change whose writer's previous change it lacks, or that reuses a
+        // sequence number, so such changes never reach it.
+        let mut next: HashMap<Vec<u8>, u64> = HashMap::new();
         for bytes in parsed.changes {
             let change = automerge::Change::from_bytes(bytes)
                 .map_err(|e| malformed(format!("change: {e}")))?;
+            let actor = change.actor_id().to_bytes();
+            if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
+                return Err(malformed(format!(
+                    "change by a writer id of {} bytes (1 to {MAX_ACTOR_LEN})",
+                    actor.len()
+                )));
+            }
+            if !change.other_actor_ids().is_empty() {
+                // Ledger writes reference no other writer's operations.
+                return Err(ReplicaError::ForbiddenOperation(
+                    "change refers to other writers",
+                ));
+            }
+            if self.holds_unit(&change.hash().0) {
+                // Held: automerge skips it; its bytes are kept at hand.
+                changes.push(change);
+                continue;
+            }
+            let n = next
+                .entry(actor.to_vec())
+                .or_insert_with(|| self.writers.get(actor).map_or(0, |w| w.upto) + 1);
+            match change.seq().cmp(n) {
+                core::cmp::Ordering::Less => {
+                    return Err(malformed(format!(
+                        "a second change under sequence number {} of one writer",
+                        change.seq()
+                    )));
+                }
+                // The writer's previous change is neither held nor earlier
+                // in this message: left out, it comes again after it.
+                core::cmp::Ordering::Greater => continue,
+                core::cmp::Ordering::Equal => *n += 1,
+            }
             units.extend(self.unit(&change)?);
             changes.push(change);
         }
@@ -855,6 +951,7 @@ impl Replica for AutomergeReplica {
                 covers: parsed.covers,
                 clock,
                 need: parsed.need.into_iter().map(ChangeHash).collect(),
+                resend: parsed.resend,
                 changes,
             },
         })
@@ -883,6 +980,7 @@ impl Replica for AutomergeReplica {
         if let Ok(doc) = Automerge::load(&bytes) {
             self.doc = doc.with_actor(actor);
             self.queued.clear();
+            self.purges += 1;
         }
     }
 
@@ -907,12 +1005,13 @@ impl Replica for AutomergeReplica {
             covers,
             clock,
             need,
+            resend,
             changes,
         } = inspected.message;
-        for change in &changes {
-            self.recent
-                .remember(change.hash(), change.raw_bytes().to_vec());
-        }
+        let received: Vec<(ChangeHash, Vec<u8>)> = changes
+            .iter()
+            .map(|c| (c.hash(), c.raw_bytes().to_vec()))
+            .collect();
         let applied = self
             .doc
             .apply_changes(changes)
@@ -930,9 +1029,15 @@ impl Replica for AutomergeReplica {
                 peer.owed |= covers & !peer.told;
             }
             peer.their_need = need;
-        }
-        for unit in inspected.units {
-            self.queued.entry(unit.id).or_insert(unit.entries);
+            if resend {
+                peer.sent.clear();
+            }
+            for (hash, bytes) in received {
+                self.recent.remember(hash, bytes);
+            }
+            for unit in inspected.units {
+                self.queued.entry(unit.id).or_insert(unit.entries);
+            }
         }
         // What automerge applied now, this message's units or ones held
         // back from earlier messages, enters the map and the clock.
