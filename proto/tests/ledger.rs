@@ -1664,3 +1664,46 @@ fn honest_changes_dropped_with_a_forged_one_are_sent_again_in_the_session() {
     assert_eq!(victim.all_headers(), vec![h]);
     assert_eq!(victim.digest(), honest.digest());
 }
+
+/// A hostile writer's change 2 that does not descend from its change 1,
+/// sent after it while change 1 waits for a dependency: automerge would
+/// apply change 2 first and panic. It is left out instead, and change 1
+/// still waits.
+#[test]
+fn a_writers_change_that_skips_its_own_history_is_left_out() {
+    let writer = automerge::ActorId::from(&[7u8; 16][..]);
+    // Change 1 depends on a change the victim lacks.
+    let mut doc = automerge::Automerge::new().with_actor(automerge::ActorId::from(&[8u8; 16][..]));
+    doc.empty_commit(automerge::transaction::CommitOptions::default().with_time(0));
+    let mut doc = doc.with_actor(writer.clone());
+    doc.empty_commit(automerge::transaction::CommitOptions::default().with_time(0));
+    let first = doc.get_last_local_change().expect("change").clone();
+    assert_eq!(first.seq(), 1);
+    assert_eq!(first.deps().len(), 1);
+    // Change 2 names no dependency at all.
+    let second: automerge::Change = automerge::ExpandedChange {
+        operations: Vec::new(),
+        actor_id: writer,
+        hash: None,
+        seq: 2,
+        start_op: core::num::NonZeroU64::new(1).expect("1"),
+        time: 0,
+        message: None,
+        deps: Vec::new(),
+        extra_bytes: Vec::new(),
+        author: None,
+    }
+    .into();
+    let mut l = victim();
+    let before = l.entries();
+    l.receive(&mut PeerState::new(), &carrying(&[&first, &second]))
+        .expect("change 2 left out, change 1 held back");
+    assert_eq!(l.waiting_units(), 1);
+    assert!(
+        !l.replica()
+            .clock(u32::MAX)
+            .iter()
+            .any(|(a, _)| a[..] == [7u8; 16])
+    );
+    assert_eq!(l.entries(), before);
+}

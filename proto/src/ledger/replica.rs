@@ -260,6 +260,11 @@ pub const MAX_CLOCK_WRITERS: usize = 1 << 16;
 /// Most changes a peer may ask for in one message.
 pub const MAX_NEED: usize = 16_384;
 
+/// Most writers whose ancestry one change of a message is followed
+/// through (beyond that, its writer's later changes in the message are
+/// left out for the next round).
+const MAX_TRACKED_WRITERS: usize = 1_024;
+
 /// Buckets a clock is summarised in (see [`ClockMessage::summary`]).
 pub const CLOCK_BUCKETS: usize = 32;
 
@@ -321,6 +326,8 @@ pub struct ParsedClock {
     clock: BTreeMap<Vec<u8>, u64>,
     need: Vec<ChangeHash>,
     resend: bool,
+    /// Some changes were left out (see `in_writer_order`).
+    left_out: bool,
     changes: Vec<automerge::Change>,
 }
 
@@ -664,6 +671,84 @@ impl AutomergeReplica {
         }))
     }
 
+    /// The units and changes of a message that may reach automerge, and
+    /// whether any was left out. automerge 0.12 panics on a change whose
+    /// writer's previous change it has not applied, even when the change's
+    /// declared dependencies are all there; honest changes always descend
+    /// from their writer's previous change, hostile ones need not. So,
+    /// walking the message in order, a change not held is taken only if
+    /// its writer's previous change is held, or is earlier in the message
+    /// and an ancestor of it through the message's changes. A sequence
+    /// number already used refuses the message (a forked writer); any
+    /// other change is left out, to come again (`resend`).
+    #[allow(clippy::type_complexity)]
+    fn in_writer_order(
+        &self,
+        parsed: Vec<automerge::Change>,
+    ) -> Result<(Vec<Unit>, Vec<automerge::Change>, bool), ReplicaError> {
+        // Writers with more than one new change here: only their
+        // sequence numbers need tracking through ancestry.
+        let mut count: HashMap<&[u8], usize> = HashMap::new();
+        for c in &parsed {
+            if !self.holds_unit(&c.hash().0) {
+                *count.entry(c.actor_id().to_bytes()).or_default() += 1;
+            }
+        }
+        let tracked: HashSet<Vec<u8>> = count
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(a, _)| a.to_vec())
+            .collect();
+        // For each change taken: per tracked writer, the highest sequence
+        // number among its ancestors in the message (itself included).
+        let mut ancestry: HashMap<ChangeHash, BTreeMap<Vec<u8>, u64>> = HashMap::new();
+        let mut next: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut units = Vec::new();
+        let mut changes = Vec::with_capacity(parsed.len());
+        let mut left_out = false;
+        for change in parsed {
+            if self.holds_unit(&change.hash().0) {
+                // Held: automerge skips it; its bytes are kept at hand.
+                changes.push(change);
+                continue;
+            }
+            let actor = change.actor_id().to_bytes().to_vec();
+            let seq = change.seq();
+            let held_upto = self.writers.get(&actor).map_or(0, |w| w.upto);
+            let n = next.entry(actor.clone()).or_insert(held_upto + 1);
+            if seq < *n {
+                return Err(ReplicaError::Malformed(format!(
+                    "a second change under sequence number {seq} of one writer"
+                )));
+            }
+            let mut mine: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+            for d in change.deps() {
+                if let Some(theirs) = ancestry.get(d) {
+                    for (w, s) in theirs {
+                        let e = mine.entry(w.clone()).or_insert(0);
+                        *e = (*e).max(*s);
+                    }
+                }
+            }
+            let previous_ok = seq == held_upto + 1
+                || (seq == *n && mine.get(&actor).is_some_and(|s| *s + 1 == seq));
+            if !previous_ok {
+                left_out = true;
+                continue;
+            }
+            *n += 1;
+            if tracked.contains(&actor) {
+                mine.insert(actor, seq);
+            }
+            if mine.len() <= MAX_TRACKED_WRITERS {
+                ancestry.insert(change.hash(), mine);
+            }
+            units.extend(self.unit(&change)?);
+            changes.push(change);
+        }
+        Ok((units, changes, left_out))
+    }
+
     /// The automerge document (for measurements).
     pub fn doc(&self) -> &Automerge {
         &self.doc
@@ -898,12 +983,7 @@ impl Replica for AutomergeReplica {
             }
             clock.insert(actor, upto);
         }
-        let mut units = Vec::new();
-        let mut changes = Vec::with_capacity(parsed.changes.len());
-        // Each writer's next sequence number: automerge 0.12 panics on a
-        // change whose writer's previous change it lacks, or that reuses a
-        // sequence number, so such changes never reach it.
-        let mut next: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut parsed_changes = Vec::with_capacity(parsed.changes.len());
         for bytes in parsed.changes {
             let change = automerge::Change::from_bytes(bytes)
                 .map_err(|e| malformed(format!("change: {e}")))?;
@@ -920,29 +1000,9 @@ impl Replica for AutomergeReplica {
                     "change refers to other writers",
                 ));
             }
-            if self.holds_unit(&change.hash().0) {
-                // Held: automerge skips it; its bytes are kept at hand.
-                changes.push(change);
-                continue;
-            }
-            let n = next
-                .entry(actor.to_vec())
-                .or_insert_with(|| self.writers.get(actor).map_or(0, |w| w.upto) + 1);
-            match change.seq().cmp(n) {
-                core::cmp::Ordering::Less => {
-                    return Err(malformed(format!(
-                        "a second change under sequence number {} of one writer",
-                        change.seq()
-                    )));
-                }
-                // The writer's previous change is neither held nor earlier
-                // in this message: left out, it comes again after it.
-                core::cmp::Ordering::Greater => continue,
-                core::cmp::Ordering::Equal => *n += 1,
-            }
-            units.extend(self.unit(&change)?);
-            changes.push(change);
+            parsed_changes.push(change);
         }
+        let (units, changes, left_out) = self.in_writer_order(parsed_changes)?;
         Ok(Inspected {
             units,
             size: message.len(),
@@ -952,6 +1012,7 @@ impl Replica for AutomergeReplica {
                 clock,
                 need: parsed.need.into_iter().map(ChangeHash).collect(),
                 resend: parsed.resend,
+                left_out,
                 changes,
             },
         })
@@ -1006,6 +1067,7 @@ impl Replica for AutomergeReplica {
             clock,
             need,
             resend,
+            left_out,
             changes,
         } = inspected.message;
         let received: Vec<(ChangeHash, Vec<u8>)> = changes
@@ -1031,6 +1093,11 @@ impl Replica for AutomergeReplica {
             peer.their_need = need;
             if resend {
                 peer.sent.clear();
+            }
+            if left_out {
+                // Ask the peer, in the next message, to send again what it
+                // believes sent: the changes left out among them.
+                self.purges += 1;
             }
             for (hash, bytes) in received {
                 self.recent.remember(hash, bytes);
