@@ -37,7 +37,7 @@ fn run(keys: usize, shards: usize) -> f64 {
     let mut writer = genesis.fork().with_actor(ActorId::from(&[1u8; 8][..]));
     let mut reader = genesis.fork().with_actor(ActorId::from(&[2u8; 8][..]));
     let value = vec![7u8; 250];
-    let mut write = |i: usize, writer: &mut Automerge| {
+    let write = |i: usize, writer: &mut Automerge| {
         let key = format!("h/{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let obj = if shards > 0 {
             maps[(i * 7919) % shards].clone()
