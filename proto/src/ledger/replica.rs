@@ -657,9 +657,7 @@ impl AutomergeReplica {
     /// lists every new pair it writes, even one another unit of the same
     /// message writes too: the two may be applied at different times.
     fn unit(&self, change: &automerge::Change) -> Result<Option<Unit>, ReplicaError> {
-        // The metadata look-up is a hash-map probe; get_change_by_hash
-        // would rebuild the change from the op set (linear in its size).
-        if self.doc.get_change_meta_by_hash(&change.hash()).is_some() {
+        if self.holds_change(change) {
             return Ok(None);
         }
         let mut ops = Vec::new();
@@ -690,7 +688,7 @@ impl AutomergeReplica {
         // sequence numbers need tracking through ancestry.
         let mut count: HashMap<&[u8], usize> = HashMap::new();
         for c in &parsed {
-            if !self.holds_unit(&c.hash().0) {
+            if !self.holds_change(c) {
                 *count.entry(c.actor_id().to_bytes()).or_default() += 1;
             }
         }
@@ -707,7 +705,7 @@ impl AutomergeReplica {
         let mut changes = Vec::with_capacity(parsed.len());
         let mut left_out = false;
         for change in parsed {
-            if self.holds_unit(&change.hash().0) {
+            if self.holds_change(&change) {
                 // Held: automerge skips it; its bytes are kept at hand.
                 changes.push(change);
                 continue;
@@ -747,6 +745,16 @@ impl AutomergeReplica {
             changes.push(change);
         }
         Ok((units, changes, left_out))
+    }
+
+    /// Whether `change` is applied: its writer's entry at its sequence
+    /// number is this change (an index look-up; automerge's own builds
+    /// the change's metadata).
+    fn holds_change(&self, change: &automerge::Change) -> bool {
+        self.writers
+            .get(change.actor_id().to_bytes())
+            .and_then(|w| w.changes.get(&change.seq()))
+            .is_some_and(|(h, _)| *h == change.hash())
     }
 
     /// The automerge document (for measurements).
