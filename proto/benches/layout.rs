@@ -1,6 +1,7 @@
 //! What one applied change costs automerge 0.12 as a document grows, with
 //! every key in the root map (the ledger's layout, protocol.md 9.7)
-//! against keys spread over nested maps that one genesis change creates.
+//! against keys spread over nested maps that one genesis change creates;
+//! and what a loaded document holds in memory per key.
 //! The evidence for the next step of the simulator's scale goal
 //! (docs/results.md, "Session 12").
 //!
@@ -64,7 +65,72 @@ fn run(keys: usize, shards: usize) -> f64 {
     t.elapsed().as_secs_f64() * 1e6 / 1_000.0
 }
 
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Memory of one loaded document of `keys` 250-byte keys from `writers`
+/// writers, in bytes per key (RSS growth over ten loaded copies).
+fn memory_per_key(keys: usize, writers: usize) -> f64 {
+    let mut docs: Vec<Automerge> = (0..writers)
+        .map(|w| Automerge::new().with_actor(ActorId::from(&(w as u64).to_le_bytes()[..])))
+        .collect();
+    for i in 0..keys {
+        let mut value = vec![0u8; 250];
+        value[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let d = &mut docs[i % writers];
+        let mut tx = d.transaction();
+        tx.put(
+            ROOT,
+            format!("h/{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            ScalarValue::Bytes(value),
+        )
+        .expect("put");
+        tx.commit_with(CommitOptions::default().with_time(0));
+    }
+    let mut all = Automerge::new();
+    for d in &mut docs {
+        all.merge(d).expect("merge");
+    }
+    // Measured in a fresh process, where no freed memory can be reused.
+    let path = std::env::temp_dir().join(format!("meshpay-layout-{}.am", std::process::id()));
+    std::fs::write(&path, all.save()).expect("write");
+    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .env("MESHPAY_LAYOUT_LOAD", &path)
+        .output()
+        .expect("child");
+    let _ = std::fs::remove_file(&path);
+    let kib: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(f64::NAN);
+    kib * 1024.0 / 10.0 / keys as f64
+}
+
+/// In the child: loads ten copies of the saved document and prints the
+/// RSS they added, in KiB.
+fn load_copies(path: &str) {
+    let saved = std::fs::read(path).expect("read");
+    let before = rss_kib();
+    let copies: Vec<Automerge> = (0..10)
+        .map(|_| Automerge::load(&saved).expect("load"))
+        .collect();
+    println!("{}", rss_kib().saturating_sub(before));
+    drop(copies);
+}
+
 fn main() {
+    if let Ok(path) = std::env::var("MESHPAY_LAYOUT_LOAD") {
+        load_copies(&path);
+        return;
+    }
     let keys: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -80,5 +146,12 @@ fn main() {
         let nested = run(n, 256);
         println!("{n:>8} {flat:>22.1} {nested:>22.1}");
         n *= 2;
+    }
+    println!("\nautomerge 0.12: memory of a loaded document, 250-byte values");
+    for (keys, writers) in [(10_000, 1), (10_000, 200), (40_000, 200)] {
+        println!(
+            "{keys:>8} keys, {writers:>4} writers: {:.0} B per key",
+            memory_per_key(keys, writers)
+        );
     }
 }
