@@ -892,10 +892,7 @@ impl Replica for AutomergeReplica {
         let their_need: HashSet<ChangeHash> =
             std::mem::take(&mut peer.their_need).into_iter().collect();
         let changes = if peer.known == ALL_BUCKETS {
-            let theirs = std::mem::take(&mut peer.theirs);
-            let changes = self.changes_for(&theirs, &peer.sent, &their_need);
-            peer.theirs = theirs;
-            changes
+            self.changes_for(&peer.theirs, &peer.sent, &their_need)
         } else {
             Vec::new()
         };
