@@ -15,7 +15,12 @@
 //! one change. Both start from the same genesis change (one actor, time
 //! 0), so the nested maps are the same objects in both.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::Instant;
+
+use support::rss_kib;
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, Automerge, ObjId, ObjType, ROOT, ScalarValue};
@@ -63,17 +68,6 @@ fn run(keys: usize, shards: usize) -> f64 {
         reader.apply_changes([c]).expect("apply");
     }
     t.elapsed().as_secs_f64() * 1e6 / 1_000.0
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Memory of one loaded document of `keys` 250-byte keys from `writers`

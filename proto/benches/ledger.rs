@@ -14,6 +14,9 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
+use support::rss_kib;
 
 use std::time::{Duration, Instant};
 
@@ -29,17 +32,6 @@ type PeerState = meshpay_proto::ledger::ClockPeer;
 fn header_size() -> usize {
     let (k, a) = wallet(0);
     header(&k, &a, 1, 100, 1).encode().len()
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Headers for `n` payments spread over wallets of 100 payments each.
