@@ -388,13 +388,26 @@ fn garbage_frames_are_refused_and_change_nothing() {
         SyncConfig::default(),
     );
     assert!(matches!(e, SyncError::Decode(_)));
-    // A well-framed reconcile message that is not an automerge message.
-    let frames = message_frames(&SyncMessage::Reconcile(vec![0x42, 1, 2, 3]), 512);
+    // A well-framed reconcile message that is not a clock message, after
+    // a hello of the same epoch.
+    let reconcile = message_frames(&SyncMessage::Reconcile(vec![0x42, 1, 2, 3]), 512);
+    let hello = message_frames(
+        &SyncMessage::Hello {
+            epoch: l.epoch(),
+            digest: Hash::tagged(b"other", b"ledger"),
+            entries: 1,
+        },
+        512,
+    );
+    let frames: Vec<Vec<u8>> = hello.iter().chain(&reconcile).cloned().collect();
     let e = feed(&mut l, &frames, SyncConfig::default());
     assert!(
         matches!(e, SyncError::Ledger(LedgerError::Replica(_))),
         "{e:?}"
     );
+    // Without the hello, which names the epoch, it is not even looked at.
+    let e = feed(&mut l, &reconcile, SyncConfig::default());
+    assert_eq!(e, SyncError::Unexpected("reconcile before hello"));
     assert_eq!(l.entries(), before);
 }
 
@@ -721,6 +734,39 @@ fn proofs_travel_first() {
 }
 
 #[test]
+fn urgent_carries_the_most_recent_convictions_and_reconciliation_the_rest() {
+    use meshpay_proto::ledger::MAX_URGENT_PROOFS;
+    let n = MAX_URGENT_PROOFS as u32 + 8;
+    let wallets: Vec<u32> = (1..=n).collect();
+    let mut left = with_wallets(1, &wallets);
+    for &w in &wallets {
+        let (k, a) = wallet(w);
+        left.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+            .expect("first");
+        assert!(matches!(
+            left.insert(Entry::Header(header(&k, &a, 1, 100, 2))),
+            Ok(Inserted::Conflict(_))
+        ));
+    }
+    // One proof for each of the last MAX_URGENT_PROOFS convictions: the
+    // message stays bounded however many the ledger holds.
+    let (proofs, _) = left.urgent();
+    assert_eq!(proofs.len(), MAX_URGENT_PROOFS);
+    let newest: Vec<AllowanceId> = wallets[8..].iter().map(|&w| wallet(w).1.id).collect();
+    let mut sent: Vec<AllowanceId> = proofs.iter().map(|p| p.allowance()).collect();
+    sent.sort();
+    let mut expected = newest.clone();
+    expected.sort();
+    assert_eq!(sent, expected);
+    // A stranger gets the older ones by reconciliation.
+    let mut right = ledger(2);
+    sync(&mut left, &mut right);
+    for &w in &wallets {
+        assert!(right.has_conflict(&wallet(w).1.id), "wallet {w}");
+    }
+}
+
+#[test]
 fn proofs_are_not_sent_again_to_a_peer_known_to_hold_them() {
     let (mut left, _) = convicting_wallet_1();
     let mut right = ledger(2);
@@ -1038,8 +1084,21 @@ fn an_ack_serial_reused_with_other_content_is_refused() {
     assert_eq!((l.entries(), l.digest()), before);
 }
 
+/// An acknowledgement settling `ids`.
+fn ack_of(serial: u64, ids: &[TransferId]) -> SettlementAck {
+    SettlementAck::sign(
+        SettlementAckTerms {
+            serial,
+            issued_at: NOW,
+            issuer: issuer().public(),
+            outcomes: ids.iter().map(|id| (*id, Outcome::Settled)).collect(),
+        },
+        &issuer(),
+    )
+}
+
 #[test]
-fn after_rotation_the_node_still_syncs_with_peers_on_the_old_epoch() {
+fn peers_in_different_epochs_exchange_urgent_entries_but_do_not_reconcile() {
     let (k, a) = wallet(1);
     let mut left = with_wallets(1, &[1]);
     let mut right = with_wallets(2, &[1]);
@@ -1048,31 +1107,138 @@ fn after_rotation_the_node_still_syncs_with_peers_on_the_old_epoch() {
             .expect("h");
     }
     sync(&mut left, &mut right);
-    // Left settles seq 1 and 2 and rotates; right stays on epoch 0.
+    let policy = RetentionPolicy::default();
+    let day = meshpay_proto::ledger::epoch_of(NOW);
+    left.advance(NOW, &policy).expect("rotates");
+    assert_eq!(left.epoch(), day);
+    assert_eq!(
+        left.advance(NOW, &policy),
+        None,
+        "already in the epoch of now"
+    );
+    // A fork that right alone holds: its proof crosses all the same.
+    right
+        .insert(Entry::Header(header(&k, &a, 5, 500, 2)))
+        .expect("fork");
+    assert!(right.has_conflict(&a.id));
+    // Both sides send at once; each then reads the other's frames.
+    let config = SyncConfig::default();
+    let mut sl = SyncSession::new(&left, PeerState::new(), config, Millis(0));
+    let mut sr = SyncSession::new(&right, PeerState::new(), config, Millis(0));
+    let from_left: Vec<Vec<u8>> = std::iter::from_fn(|| sl.poll_transmit()).collect();
+    let from_right: Vec<Vec<u8>> = std::iter::from_fn(|| sr.poll_transmit()).collect();
+    let left_saw = from_right
+        .iter()
+        .map(|f| sl.handle_frame(&mut left, f, Millis(1)))
+        .find_map(Result::err);
+    let right_saw = from_left
+        .iter()
+        .map(|f| sr.handle_frame(&mut right, f, Millis(1)))
+        .find_map(Result::err);
+    assert_eq!(
+        left_saw,
+        Some(SyncError::EpochMismatch {
+            ours: day,
+            theirs: 0
+        })
+    );
+    assert_eq!(
+        right_saw,
+        Some(SyncError::EpochMismatch {
+            ours: 0,
+            theirs: day
+        })
+    );
+    assert!(sl.is_failed() && sr.is_failed());
+    assert!(left.has_conflict(&a.id), "urgent entries cross epochs");
+    // Once right rotates too, they reconcile.
+    right.advance(NOW, &policy).expect("rotates");
+    sync(&mut left, &mut right);
+    assert_eq!(left.digest(), right.digest());
+}
+
+#[test]
+fn a_rotation_writes_back_only_what_the_node_wrote_and_holds_the_rest_aside() {
+    let (k, a) = wallet(1);
+    let policy = RetentionPolicy::default();
+    // Left is the payee that wrote headers 1-5; right learnt them.
+    let mut left = ledger(1);
+    for seq in 1..=5u32 {
+        left.insert_payment(a.clone(), header(&k, &a, seq, u64::from(seq) * 100, 1))
+            .expect("payment");
+    }
+    let mut right = ledger(2);
+    sync(&mut left, &mut right);
     let settled = [
         header(&k, &a, 1, 100, 1).id(),
         header(&k, &a, 2, 200, 1).id(),
     ];
-    let ack = SettlementAck::sign(
-        SettlementAckTerms {
-            serial: 1,
-            issued_at: NOW,
-            issuer: issuer().public(),
-            outcomes: settled.iter().map(|id| (*id, Outcome::Settled)).collect(),
-        },
-        &issuer(),
-    );
-    left.insert(Entry::Ack(ack)).expect("ack");
-    left.rotate_epoch(NOW, &RetentionPolicy::default());
-    left.insert(Entry::Header(header(&k, &a, 6, 600, 1)))
-        .expect("h6");
-    // The new epoch writes under a new actor: no clash with its old changes.
+    // Settlement's acknowledgement reaches right, then left.
+    right.insert(Entry::Ack(ack_of(1, &settled))).expect("ack");
     sync(&mut left, &mut right);
-    assert_eq!(left.digest(), right.digest());
-    assert_eq!(right.headers(&a.id).len(), 6);
-    // The rotated ledger reloads to the same digest.
-    let back = Ledger::load(&left.save(), left.epoch(), &[1; 16], trust()).expect("reload");
+    let l = left.advance(NOW, &policy).expect("left rotates");
+    let r = right.advance(NOW, &policy).expect("right rotates");
+    // Kept by both: the allowance, headers 3-5 and the acknowledgement.
+    assert_eq!((l.kept, l.dropped), (5, 2));
+    assert_eq!((r.kept, r.dropped), (5, 2));
+    // Left wrote the allowance and the headers; right the acknowledgement.
+    assert_eq!((l.written, left.len(), left.aside_len()), (4, 4, 1));
+    assert_eq!((r.written, right.len(), right.aside_len()), (1, 1, 4));
+    // Right still checks and compares against what it holds aside.
+    assert_eq!(right.headers(&a.id).len(), 3);
+    assert!(right.allowance(&a.id).is_some());
+    assert!(matches!(
+        right.insert(Entry::Header(header(&k, &a, 4, 400, 2))),
+        Ok(Inserted::Conflict(_))
+    ));
+    // Each side receives only what the other wrote in the new epoch: the
+    // kept entries do not travel again.
+    let mut again = ledger(2);
+    again.insert(Entry::Ack(ack_of(1, &settled))).expect("ack");
+    again.advance(NOW, &policy).expect("rotates");
+    let (sl, sa) = sync(&mut left, &mut again);
+    assert_eq!(left.digest(), again.digest());
+    assert_eq!(again.len(), 5);
+    assert_eq!(again.aside_len(), 0, "the writes arrived: nothing aside");
+    assert!(
+        sl.bytes_sent < 2_000 && sa.bytes_sent < 1_000,
+        "only the two rewrites travel: {} and {} bytes",
+        sl.bytes_sent,
+        sa.bytes_sent
+    );
+    // The aside part is stored beside the document and comes back.
+    let saved = left.save();
+    let back = Ledger::load_with_aside(&saved, &left.save_aside(), left.epoch(), &[1; 16], trust())
+        .expect("reload");
     assert_eq!(back.digest(), left.digest());
+    assert_eq!(back.held_len(), left.held_len());
+}
+
+#[test]
+fn a_header_written_after_a_rotation_brings_its_allowance_into_the_new_document() {
+    let (k, a) = wallet(1);
+    let policy = RetentionPolicy::default();
+    let mut payer_side = ledger(1);
+    payer_side
+        .insert_payment(a.clone(), header(&k, &a, 1, 100, 1))
+        .expect("payment");
+    let mut payee = ledger(2);
+    sync(&mut payer_side, &mut payee);
+    payee.advance(NOW, &policy).expect("rotates");
+    assert_eq!(payee.len(), 0, "nothing of its own to write back");
+    // The payee takes a new payment: the allowance is only aside, so the
+    // write carries it.
+    payee
+        .insert(Entry::Header(header(&k, &a, 2, 200, 1)))
+        .expect("header");
+    assert_eq!(payee.len(), 2);
+    // A node new to the epoch, that never held the allowance, checks the
+    // header.
+    let mut stranger = ledger(3);
+    stranger.advance(NOW, &policy).expect("rotates");
+    sync(&mut payee, &mut stranger);
+    assert_eq!(stranger.headers(&a.id).len(), 1);
+    assert!(stranger.allowance(&a.id).is_some());
 }
 
 #[test]
@@ -1090,9 +1256,18 @@ fn rotation_keeps_one_value_per_forked_key_and_its_proof() {
     left.rotate_epoch(NOW, &RetentionPolicy::default());
     assert_eq!(left.headers(&a.id).len(), 1);
     assert!(left.has_conflict(&a.id));
-    let back = Ledger::load(&left.save(), left.epoch(), &[1; 16], trust()).expect("reload");
+    let back = Ledger::load_with_aside(
+        &left.save(),
+        &left.save_aside(),
+        left.epoch(),
+        &[1; 16],
+        trust(),
+    )
+    .expect("reload");
     assert_eq!(back.digest(), left.digest());
-    assert_eq!(back.len(), left.len());
+    assert_eq!(back.held_len(), left.held_len());
+    assert_eq!(back.headers(&a.id).len(), 1);
+    assert!(back.has_conflict(&a.id));
 }
 
 #[test]

@@ -13,9 +13,10 @@
 //!   or one invalid on its face) is found on local insert and on every
 //!   merge, including automerge's own concurrent-write conflicts on one
 //!   key, and recorded as a [`ConflictProof`].
-//! - [`PartialLedger::rotate_epoch`] starts a new document without what
-//!   settlement has acknowledged, so the ledger's size follows what is
-//!   still unsettled.
+//! - [`PartialLedger::advance`] starts a new document each epoch (a UTC
+//!   day, [`EPOCH_SECS`]) without what settlement has acknowledged: the
+//!   node writes back only the entries it wrote itself, and holds the rest
+//!   aside, so documents stay the size of what is new and unsettled.
 
 mod entry;
 mod replica;
@@ -51,6 +52,21 @@ pub const MAX_HEADS: usize = 8;
 /// share a counter, or the receiver dropped what waited; the next round
 /// asks for it. A message that would hold back more is refused.
 pub const MAX_WAITING_UNITS: usize = 16_384;
+
+/// Length of an epoch in seconds: epoch `e` is the UTC day starting at
+/// `e * EPOCH_SECS` (protocol.md 9.8). Every node rotates into the epoch of
+/// its clock, so peers meet in the same epoch and share its document from
+/// an empty start.
+pub const EPOCH_SECS: u64 = 86_400;
+
+/// The epoch a timestamp falls in.
+pub fn epoch_of(t: Timestamp) -> u64 {
+    t.0 / EPOCH_SECS
+}
+
+/// Most allowances whose proofs one `Urgent` message carries: the most
+/// recently convicted (protocol.md 10.3).
+pub const MAX_URGENT_PROOFS: usize = 32;
 
 /// Why an entry was refused. The ledger is unchanged after any of them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +158,10 @@ impl Default for RetentionPolicy {
 pub struct Rotation {
     /// Entries carried into the new epoch.
     pub kept: usize,
+    /// Of those, the entries written into the new document: the ones this
+    /// node wrote itself in the old one (and the allowances they need).
+    /// The others are held aside.
+    pub written: usize,
     /// Entries left behind.
     pub dropped: usize,
 }
@@ -154,6 +174,9 @@ pub struct PartialLedger<R: Replica = AutomergeReplica> {
     epoch: u64,
     allowances: BTreeMap<AllowanceId, VerifiedAllowance>,
     conflicted: BTreeSet<AllowanceId>,
+    /// The allowances most recently convicted, oldest first, at most
+    /// [`MAX_URGENT_PROOFS`]: whose proofs the `Urgent` message carries.
+    recent_convictions: std::collections::VecDeque<AllowanceId>,
     revocations: Option<RevocationList>,
     acks: BTreeMap<u64, SettlementAck>,
     settled: HashSet<TransferId>,
@@ -168,15 +191,23 @@ pub struct PartialLedger<R: Replica = AutomergeReplica> {
     /// not arrived): checked when the unit becomes ready, before it is
     /// applied.
     waiting: HashMap<UnitId, Waiting>,
-    /// Entries learnt from a peer's `Urgent` message (or a LAN push) that
-    /// the replica does not hold: checked and acted on (the allowance
-    /// stands convicted, the list applies, they are sent on in `Urgent`),
-    /// but not written into the replica. The node that made each one wrote
-    /// it into its own replica, and that write reaches this one by
-    /// reconciliation, at which point the entry leaves this set. Writing a
-    /// copy here instead would make one change per node for every proof,
-    /// each then sent to every node (see docs/protocol.md).
-    aside: Vec<Checked>,
+    /// Entries held but not in the replica, by key (values in byte
+    /// order). Checked and acted on like the replica's (the allowance
+    /// stands convicted, the list applies, headers are compared), but not
+    /// written into the replica, and not part of the digest: they are
+    ///
+    /// - entries learnt from a peer's `Urgent` message (or a LAN push):
+    ///   the node that made each one wrote it into its own replica;
+    /// - entries carried over a rotation that another node wrote: their
+    ///   writer writes them again in the new epoch while they are needed.
+    ///
+    /// Either way the write reaches this replica by reconciliation, at
+    /// which point the entry leaves this set. Writing copies here instead
+    /// would make one change per node for every such entry, each then
+    /// sent to every node (see docs/protocol.md 9.4 and 9.8).
+    aside: BTreeMap<String, Vec<Vec<u8>>>,
+    /// How many values `aside` holds.
+    aside_count: usize,
 }
 
 /// An entry that passed the checks: its key, its value, and it decoded.
@@ -223,6 +254,7 @@ impl<R: Replica> PartialLedger<R> {
             epoch: 0,
             allowances: BTreeMap::new(),
             conflicted: BTreeSet::new(),
+            recent_convictions: std::collections::VecDeque::new(),
             revocations: None,
             acks: BTreeMap::new(),
             settled: HashSet::new(),
@@ -230,7 +262,8 @@ impl<R: Replica> PartialLedger<R> {
             entries: 0,
             pending: Vec::new(),
             waiting: HashMap::new(),
-            aside: Vec::new(),
+            aside: BTreeMap::new(),
+            aside_count: 0,
         }
     }
 
@@ -258,8 +291,9 @@ impl<R: Replica> PartialLedger<R> {
     }
 
     /// Like [`PartialLedger::load`], with the entries held aside as
-    /// [`PartialLedger::save_aside`] wrote them (empty for none). They are
-    /// checked first: entries of the replica may need their allowances.
+    /// [`PartialLedger::save_aside`] wrote them (empty for none), checked
+    /// together with the replica's entries. An entry stored aside that the
+    /// replica now holds is the replica's.
     pub fn load_with_aside(
         bytes: &[u8],
         aside: &[u8],
@@ -270,15 +304,6 @@ impl<R: Replica> PartialLedger<R> {
         let replica = R::load(bytes, &Self::epoch_actor(actor, epoch))?;
         let mut ledger = PartialLedger::new(actor, trust);
         ledger.epoch = epoch;
-        if !aside.is_empty() {
-            let pairs: Vec<KeyValue> = postcard::from_bytes(aside)
-                .map_err(|e| LedgerError::Replica(ReplicaError::Load(e.to_string())))?;
-            let (checked, _) = ledger.check_batch(&pairs, Verify::Batch, pairs.len())?;
-            for (_, _, entry) in &checked {
-                ledger.learn(entry.clone());
-            }
-            ledger.aside = checked;
-        }
         let mut all = Vec::new();
         for (key, values) in replica.scan("") {
             if values.is_empty() {
@@ -288,12 +313,26 @@ impl<R: Replica> PartialLedger<R> {
                 all.push((key.clone(), v));
             }
         }
-        // The node's own saved ledger: every entry was checked strictly when
-        // it entered; batch verification is enough to catch damage.
+        if !aside.is_empty() {
+            let pairs: Vec<KeyValue> = postcard::from_bytes(aside)
+                .map_err(|e| LedgerError::Replica(ReplicaError::Load(e.to_string())))?;
+            // What arrived in the replica after the aside part was stored
+            // is the replica's.
+            all.extend(pairs.into_iter().filter(|(k, v)| !replica.contains(k, v)));
+        }
+        // Checked together: headers held aside may need an allowance of the
+        // replica, and the other way round. The node's own saved ledger:
+        // every entry was checked strictly when it entered; batch
+        // verification is enough to catch damage.
         let (checked, _) = ledger.check_batch(&all, Verify::Batch, all.len())?;
         ledger.replica = replica;
         for (key, value, entry) in checked {
-            ledger.index(&key, &value, entry);
+            if ledger.replica.contains(&key, &value) {
+                ledger.index(&key, &value, entry);
+            } else {
+                ledger.learn(entry);
+                ledger.aside_add(key, value);
+            }
         }
         Ok(ledger)
     }
@@ -305,19 +344,118 @@ impl<R: Replica> PartialLedger<R> {
         if self.aside.is_empty() {
             return Vec::new();
         }
-        let pairs: Vec<(&String, &Vec<u8>)> = self.aside.iter().map(|(k, v, _)| (k, v)).collect();
+        let pairs: Vec<(&String, &Vec<u8>)> = self
+            .aside
+            .iter()
+            .flat_map(|(k, values)| values.iter().map(move |v| (k, v)))
+            .collect();
         postcard::to_allocvec(&pairs).unwrap_or_default()
     }
 
-    /// How many entries are held aside.
+    /// How many entries are held aside (not in the replica: see the
+    /// `aside` field).
     pub fn aside_len(&self) -> usize {
-        self.aside.len()
+        self.aside_count
+    }
+
+    /// Every entry held: those of the replica, then those held aside.
+    pub fn held_len(&self) -> usize {
+        self.entries + self.aside_count
+    }
+
+    fn aside_add(&mut self, key: String, value: Vec<u8>) {
+        let values = self.aside.entry(key).or_default();
+        if let Err(i) = values.binary_search(&value) {
+            values.insert(i, value);
+            self.aside_count += 1;
+        }
+    }
+
+    fn aside_remove(&mut self, key: &str, value: &[u8]) {
+        let Some(values) = self.aside.get_mut(key) else {
+            return;
+        };
+        if let Ok(i) = values.binary_search_by(|v| v.as_slice().cmp(value)) {
+            values.remove(i);
+            self.aside_count -= 1;
+            if values.is_empty() {
+                self.aside.remove(key);
+            }
+        }
     }
 
     /// Whether the replica or the entries held aside hold `(key, value)`.
     fn holds(&self, key: &str, value: &[u8]) -> bool {
         self.replica.contains(key, value)
-            || self.aside.iter().any(|(k, v, _)| k == key && v == value)
+            || self
+                .aside
+                .get(key)
+                .is_some_and(|vs| vs.iter().any(|v| v == value))
+    }
+
+    /// Every value held under `key`, in the replica or aside, in byte
+    /// order.
+    fn held_values(&self, key: &str) -> Vec<Vec<u8>> {
+        let mut values = self.replica.values(key);
+        if let Some(aside) = self.aside.get(key) {
+            for v in aside {
+                if let Err(i) = values.binary_search(v) {
+                    values.insert(i, v.clone());
+                }
+            }
+        }
+        values
+    }
+
+    /// [`Replica::scan`] over the replica and the entries held aside.
+    fn held_scan(&self, prefix: &str) -> Vec<(String, Vec<Vec<u8>>)> {
+        let mut out: BTreeMap<String, Vec<Vec<u8>>> =
+            self.replica.scan(prefix).into_iter().collect();
+        for (k, values) in self
+            .aside
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            let held = out.entry(k.clone()).or_default();
+            for v in values {
+                if let Err(i) = held.binary_search(v) {
+                    held.insert(i, v.clone());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// [`Replica::neighbours`] over the replica and the entries held
+    /// aside: the nearest key below and above `key` with `prefix`.
+    fn held_neighbours(&self, prefix: &str, key: &str) -> (Option<String>, Option<String>) {
+        use core::ops::Bound::{Excluded, Unbounded};
+        let (mut below, mut above) = self.replica.neighbours(prefix, key);
+        if !self.aside.is_empty() {
+            let b = self
+                .aside
+                .range::<str, _>((Unbounded, Excluded(key)))
+                .next_back()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with(prefix));
+            if let Some(b) = b
+                && below.as_ref().is_none_or(|x| x < b)
+            {
+                below = Some(b.clone());
+            }
+            let a = self
+                .aside
+                .range::<str, _>((Excluded(key), Unbounded))
+                .next()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with(prefix));
+            if let Some(a) = a
+                && above.as_ref().is_none_or(|x| x > a)
+            {
+                above = Some(a.clone());
+            }
+        }
+        (below, above)
     }
 
     /// The whole ledger as bytes (store beside it the epoch number).
@@ -402,7 +540,7 @@ impl<R: Replica> PartialLedger<R> {
     ) -> Result<Inserted, LedgerError> {
         let key = entry.key();
         let value = entry.encode_value();
-        let held = self.replica.values(&key);
+        let held = self.held_values(&key);
         if held.contains(&value) {
             self.write(with.into_iter().collect());
             return Ok(Inserted::Known);
@@ -433,11 +571,35 @@ impl<R: Replica> PartialLedger<R> {
     }
 
     /// Writes checked entries into the replica as one change, and indexes
-    /// them.
-    fn write(&mut self, entries: Vec<Checked>) {
+    /// them. A header or proof whose allowance the replica does not hold
+    /// (it is held aside since a rotation) takes the allowance with it:
+    /// within an epoch's document every header and proof comes with its
+    /// allowance (protocol.md 9.8), so a peer can always check it.
+    fn write(&mut self, mut entries: Vec<Checked>) {
         if entries.is_empty() {
             return;
         }
+        let mut needed: Vec<Checked> = Vec::new();
+        for (_, _, e) in &entries {
+            let id = match e {
+                Entry::Header(h) => h.allowance,
+                Entry::Proof(p) => p.allowance(),
+                _ => continue,
+            };
+            let key = allowance_key(&id);
+            let listed = |c: &Checked| c.0 == key;
+            if !self.replica.values(&key).is_empty()
+                || entries.iter().any(listed)
+                || needed.iter().any(listed)
+            {
+                continue;
+            }
+            if let Some(a) = self.allowances.get(&id) {
+                let a = Entry::Allowance(a.allowance().clone());
+                needed.push((key, a.encode_value(), a));
+            }
+        }
+        entries.splice(0..0, needed);
         let pairs: Vec<KeyValue> = entries
             .iter()
             .map(|(k, v, _)| (k.clone(), v.clone()))
@@ -488,10 +650,10 @@ impl<R: Replica> PartialLedger<R> {
             }
         }
         let (checked, _) = self.check_batch(&batch, Verify::Strict, batch.len())?;
-        for (_, _, entry) in &checked {
-            self.learn(entry.clone());
+        for (key, value, entry) in checked {
+            self.learn(entry);
+            self.aside_add(key, value);
         }
-        self.aside.extend(checked);
         Ok(entries
             .into_iter()
             .map(|e| {
@@ -508,11 +670,10 @@ impl<R: Replica> PartialLedger<R> {
             .collect())
     }
 
-    /// Every conflict proof held (those held aside after the replica's).
+    /// Every conflict proof held (in the replica or aside), in key order.
     pub fn proofs(&self) -> Vec<ConflictProof> {
         self.decoded("p")
             .into_iter()
-            .chain(self.aside.iter().map(|(_, _, e)| e.clone()))
             .filter_map(|e| match e {
                 Entry::Proof(p) => Some(p),
                 _ => None,
@@ -546,16 +707,17 @@ impl<R: Replica> PartialLedger<R> {
             .collect()
     }
 
-    /// Every entry held, in key order (for export and tests).
+    /// Every entry held (in the replica or aside), in key order (for
+    /// export and tests).
     pub fn entries(&self) -> Vec<Entry> {
         self.decoded("")
     }
 
     fn decoded(&self, prefix: &str) -> Vec<Entry> {
         let mut out = Vec::new();
-        for (key, values) in self.replica.scan(prefix) {
+        for (key, values) in self.held_scan(prefix) {
             for v in values {
-                // Everything in the replica was checked on the way in.
+                // Everything held was checked on the way in.
                 if let Ok(e) = Entry::decode(&key, &v) {
                     out.push(e);
                 }
@@ -565,9 +727,26 @@ impl<R: Replica> PartialLedger<R> {
     }
 
     /// The urgent part of the ledger: what a sync sends before anything
-    /// else.
+    /// else. The proofs are one against each of the [`MAX_URGENT_PROOFS`]
+    /// allowances most recently convicted here: older ones have had time
+    /// to spread, and reach a peer that lacks them by reconciliation (each
+    /// is in the document of its finder, which writes it again each
+    /// epoch). Without the bound, every session would carry every proof
+    /// ever found, and a long run's sessions would grow without end.
     pub fn urgent(&self) -> (Vec<ConflictProof>, Option<RevocationList>) {
-        (self.proofs(), self.revocations.clone())
+        let mut proofs = Vec::new();
+        for id in &self.recent_convictions {
+            // One proof convicts: the first held.
+            let first = self
+                .decoded(&proofs_prefix(id))
+                .into_iter()
+                .find_map(|e| match e {
+                    Entry::Proof(p) => Some(p),
+                    _ => None,
+                });
+            proofs.extend(first);
+        }
+        (proofs, self.revocations.clone())
     }
 
     /// A summary of the urgent part: which allowances stand convicted and
@@ -602,17 +781,17 @@ impl<R: Replica> PartialLedger<R> {
             return Some(ConflictProof::OverLimit { header: h.clone() });
         }
         let key = header_key(&h.allowance, h.seq);
-        let (below, above) = self.replica.neighbours(&headers_prefix(&h.allowance), &key);
+        let (below, above) = self.held_neighbours(&headers_prefix(&h.allowance), &key);
         [Some(key), below, above]
             .into_iter()
             .flatten()
             .flat_map(|k| {
-                self.replica.values(&k).into_iter().filter_map(move |v| {
-                    match Entry::decode(&k, &v) {
+                self.held_values(&k)
+                    .into_iter()
+                    .filter_map(move |v| match Entry::decode(&k, &v) {
                         Ok(Entry::Header(other)) => Some(other),
                         _ => None,
-                    }
-                })
+                    })
             })
             .find_map(|other| detect(h, &other))
     }
@@ -641,7 +820,7 @@ impl<R: Replica> PartialLedger<R> {
             if e.kind() == EntryKind::Header {
                 continue;
             }
-            let held = self.replica.values(k);
+            let held = self.held_values(k);
             let clash = held.iter().any(|h| h != v)
                 || single.get(k.as_str()).is_some_and(|other| other != v);
             if clash {
@@ -755,7 +934,7 @@ impl<R: Replica> PartialLedger<R> {
         self.digest += Entry::digest_part(key, value);
         self.entries += 1;
         if !self.aside.is_empty() {
-            self.aside.retain(|(k, v, _)| !(k == key && v == value));
+            self.aside_remove(key, value);
         }
         self.learn(entry);
     }
@@ -771,7 +950,12 @@ impl<R: Replica> PartialLedger<R> {
                     .or_insert_with(|| VerifiedAllowance::checked(a));
             }
             Entry::Proof(p) => {
-                self.conflicted.insert(p.allowance());
+                if self.conflicted.insert(p.allowance()) {
+                    self.recent_convictions.push_back(p.allowance());
+                    if self.recent_convictions.len() > MAX_URGENT_PROOFS {
+                        self.recent_convictions.pop_front();
+                    }
+                }
             }
             Entry::Revocations(r) => {
                 if self
@@ -1024,75 +1208,139 @@ impl<R: Replica> PartialLedger<R> {
         self.replica.sync_message_after_peer_done(peer)
     }
 
-    /// Starts a new epoch: a fresh replica holding only what is still
-    /// needed: unsettled headers, allowances and the proofs against them
-    /// until `expiry_grace` after they expire, the newest revocation list,
-    /// and recent acknowledgements. Peer sync states made before must be
-    /// dropped (they name the old epoch).
+    /// Rotates into the epoch of `now` ([`epoch_of`]) if the ledger is in
+    /// an older one; what [`PartialLedger::rotate_to`] did, if it did.
+    pub fn advance(&mut self, now: Timestamp, policy: &RetentionPolicy) -> Option<Rotation> {
+        let epoch = epoch_of(now);
+        (epoch > self.epoch).then(|| self.rotate_to(epoch, now, policy))
+    }
+
+    /// Starts the next epoch (see [`PartialLedger::rotate_to`]).
     pub fn rotate_epoch(&mut self, now: Timestamp, policy: &RetentionPolicy) -> Rotation {
-        let alive = |a: &Allowance| now.minus(policy.expiry_grace_secs) <= a.expires_at;
-        let kept_allowances: BTreeSet<AllowanceId> = self
-            .allowances
-            .values()
-            .filter(|a| alive(a.allowance()))
-            .map(|a| a.allowance().id)
-            .collect();
-        let mut kept = Vec::new();
+        self.rotate_to(self.epoch + 1, now, policy)
+    }
+
+    /// Starts epoch `epoch` (a later one than the current; an earlier or
+    /// equal one is taken as the next): a fresh replica, with no history,
+    /// and only what is still needed: unsettled headers, allowances and the
+    /// proofs against them until `expiry_grace` after they expire, the
+    /// newest revocation list, and recent acknowledgements.
+    ///
+    /// Of what is kept, only the entries this node wrote into the old
+    /// replica are written into the new one: its headers and proofs (with
+    /// the allowances they need), its revocation list, and its
+    /// acknowledgements issued within the last epoch, as one change under
+    /// the new epoch's actor. Every other entry is held aside. Its own writer writes it again in the
+    /// new epoch, and that write arrives by reconciliation. So peers in one
+    /// epoch share a document that starts empty, and none receives the
+    /// entries it carried over from every other node (protocol.md 9.8).
+    pub fn rotate_to(&mut self, epoch: u64, now: Timestamp, policy: &RetentionPolicy) -> Rotation {
+        let epoch = epoch.max(self.epoch + 1);
+        let mut allowances = std::mem::take(&mut self.allowances);
+        allowances.retain(|_, a| now.minus(policy.expiry_grace_secs) <= a.allowance().expires_at);
+        let kept_allowances: HashSet<String> = allowances.keys().map(allowance_key).collect();
+        let own: HashSet<KeyValue> = self.replica.own_entries().into_iter().collect();
+        // Everything held, by key, values in byte order: the entries held
+        // aside are moved, the replica's (one epoch's worth) copied in.
+        let mut held = std::mem::take(&mut self.aside);
+        for (key, values) in self.replica.scan("") {
+            let at = held.entry(key).or_default();
+            for v in values {
+                if let Err(i) = at.binary_search(&v) {
+                    at.insert(i, v);
+                }
+            }
+        }
+        let newest_list = self
+            .revocations
+            .as_ref()
+            .map(|r| Entry::Revocations(r.clone()).key());
         let mut rotation = Rotation::default();
-        // What is held aside goes into the new document like the rest:
-        // peers on the new epoch start from this one's replica.
-        let aside = std::mem::take(&mut self.aside)
-            .into_iter()
-            .map(|(k, v, _)| (k, vec![v]));
-        for (key, values) in self.replica.scan("").into_iter().chain(aside) {
-            // One value per key in the new document: a forked header key
-            // keeps its first value, and the proof that carries both.
-            let mut first = true;
+        let mut written: Vec<Checked> = Vec::new();
+        let mut aside: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut aside_count = 0;
+        for (key, values) in held {
+            // The allowance a header or proof key names: `a` and the same
+            // 22 characters of base64 (protocol.md 9.2).
+            let of_allowance = || {
+                key.get(1..23)
+                    .is_some_and(|id| kept_allowances.contains(&format!("a{id}")))
+            };
+            let mut keep_one = None;
             for value in values {
-                let Ok(entry) = Entry::decode(&key, &value) else {
+                if keep_one.is_some() {
+                    // One value per key in the new epoch: a forked header
+                    // key keeps its first value, and the proof that
+                    // carries both.
                     rotation.dropped += 1;
                     continue;
+                }
+                let keep = match key.as_bytes().first() {
+                    Some(b'a') => kept_allowances.contains(&key),
+                    Some(b'p') => of_allowance(),
+                    Some(b'h') => {
+                        of_allowance()
+                            && matches!(Entry::decode(&key, &value),
+                                Ok(Entry::Header(h)) if !self.settled.contains(&h.id()))
+                    }
+                    Some(b'r') => newest_list.as_deref() == Some(key.as_str()),
+                    Some(b'k') => matches!(Entry::decode(&key, &value),
+                        Ok(Entry::Ack(k)) if now.minus(policy.ack_retention_secs) <= k.issued_at),
+                    _ => false,
                 };
-                let keep = first
-                    && match &entry {
-                        Entry::Header(h) => {
-                            !self.settled.contains(&h.id())
-                                && kept_allowances.contains(&h.allowance)
-                        }
-                        Entry::Allowance(a) => kept_allowances.contains(&a.id),
-                        Entry::Proof(p) => kept_allowances.contains(&p.allowance()),
-                        Entry::Revocations(r) => self
-                            .revocations
-                            .as_ref()
-                            .is_some_and(|newest| newest.version == r.version),
-                        Entry::Ack(k) => now.minus(policy.ack_retention_secs) <= k.issued_at,
-                    };
                 if keep {
-                    first = false;
-                    kept.push((key.clone(), value, entry));
-                    rotation.kept += 1;
+                    keep_one = Some(value);
                 } else {
                     rotation.dropped += 1;
                 }
             }
+            let Some(value) = keep_one else { continue };
+            rotation.kept += 1;
+            let pair = (key, value);
+            // What the node wrote and others still need from it: its
+            // headers and proofs (with the allowances they need, added by
+            // `write`), its list, and acknowledgements of the last epoch.
+            // An allowance alone travels with what it checks.
+            if own.contains(&pair) {
+                match Entry::decode(&pair.0, &pair.1) {
+                    Ok(Entry::Allowance(_)) | Err(_) => {}
+                    Ok(Entry::Ack(k)) if now.minus(EPOCH_SECS) > k.issued_at => {}
+                    Ok(entry) => {
+                        written.push((pair.0, pair.1, entry));
+                        continue;
+                    }
+                }
+            }
+            aside.entry(pair.0).or_default().push(pair.1);
+            aside_count += 1;
         }
-        let settled = std::mem::take(&mut self.settled);
-        let epoch = self.epoch + 1;
         let mut fresh = PartialLedger::<R>::new(&self.actor, self.trust.clone());
         fresh.replica = R::empty(&Self::epoch_actor(&self.actor, epoch));
         fresh.epoch = epoch;
-        let pairs: Vec<KeyValue> = kept
-            .iter()
-            .map(|(k, v, _)| (k.clone(), v.clone()))
+        // What the kept entries tell, moved rather than learnt again: they
+        // were checked when they entered.
+        fresh.conflicted = std::mem::take(&mut self.conflicted)
+            .into_iter()
+            .filter(|id| allowances.contains_key(id))
             .collect();
-        fresh.replica.put_all(&pairs);
-        for (key, value, entry) in kept {
-            fresh.index(&key, &value, entry);
-        }
+        fresh.recent_convictions = std::mem::take(&mut self.recent_convictions);
+        fresh
+            .recent_convictions
+            .retain(|id| allowances.contains_key(id));
+        fresh.allowances = allowances;
+        fresh.revocations = self.revocations.take();
+        fresh.acks = std::mem::take(&mut self.acks);
+        fresh
+            .acks
+            .retain(|_, k| now.minus(policy.ack_retention_secs) <= k.issued_at);
         // Until this process ends, remember what settled even if its
         // acknowledgement has aged out (a reload knows what the retained
         // acknowledgements say).
-        fresh.settled.extend(settled);
+        fresh.settled = std::mem::take(&mut self.settled);
+        fresh.aside = aside;
+        fresh.aside_count = aside_count;
+        fresh.write(written);
+        rotation.written = fresh.entries;
         *self = fresh;
         rotation
     }
@@ -1111,7 +1359,7 @@ impl<R: Replica> MeshView for PartialLedger<R> {
 
     fn headers(&self, allowance: &AllowanceId) -> Vec<SignedHeader> {
         let mut out = Vec::new();
-        for (key, values) in self.replica.scan(&headers_prefix(allowance)) {
+        for (key, values) in self.held_scan(&headers_prefix(allowance)) {
             for v in values {
                 if let Ok(Entry::Header(h)) = Entry::decode(&key, &v) {
                     out.push(h);

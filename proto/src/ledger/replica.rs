@@ -58,6 +58,9 @@ pub trait Replica: Sized {
     fn put_all(&mut self, entries: &[(String, Vec<u8>)]);
     /// Number of keys.
     fn len(&self) -> usize;
+    /// Every `(key, value)` pair this replica's own writer put (what a
+    /// rotation writes again, protocol.md 9.8).
+    fn own_entries(&self) -> Vec<KeyValue>;
     /// If merges left more than `max` concurrent heads, joins them with one
     /// empty change. (A change depends on every head there is when it is
     /// made, so a node that mostly merges would otherwise list one hash per
@@ -833,6 +836,33 @@ impl Replica for AutomergeReplica {
 
     fn len(&self) -> usize {
         self.map.len()
+    }
+
+    fn own_entries(&self) -> Vec<KeyValue> {
+        let me = self.doc.get_actor().to_bytes();
+        let Some(writer) = self.writers.get(me) else {
+            return Vec::new();
+        };
+        let hashes: Vec<ChangeHash> = writer.changes.values().map(|(h, _)| *h).collect();
+        let mut out = Vec::new();
+        // One pass over the document for all of them (see `changes_for`).
+        let changes = match self.doc.bundle(hashes.iter().copied()) {
+            Ok(bundle) => bundle.to_changes().unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let changes = if changes.len() == hashes.len() {
+            changes
+        } else {
+            hashes
+                .iter()
+                .filter_map(|h| self.doc.get_change_by_hash(h))
+                .collect()
+        };
+        for change in &changes {
+            // The replica's own changes hold ledger writes only.
+            let _ = ledger_ops(change, &mut out);
+        }
+        out
     }
 
     fn collapse_heads(&mut self, max: usize) {

@@ -5,6 +5,7 @@
 //!  each side, at once:   Urgent{proofs, revocations}   (only if it has any,
 //!                        and the peer may lack them)
 //!                        Hello{epoch, digest, entries}
+//!  epochs differ:        the session ends (EpochMismatch) after Urgent
 //!  digests equal:        Done{digest}  ── both done: a few hundred bytes
 //!  digests differ:       Reconcile(replica message) ⇄ Reconcile(...) ...
 //!                        Done{digest} when the replica has nothing to send
@@ -129,6 +130,18 @@ pub enum SyncError {
     /// The session already ended with an error.
     #[error("session already failed")]
     AlreadyFailed,
+    /// The peer's ledger is in another epoch: the two documents share
+    /// nothing, so reconciling them would bring back every entry of one
+    /// epoch into the other. The urgent entries were exchanged; the side
+    /// in the older epoch should rotate ([`PartialLedger::advance`]) if its
+    /// clock agrees, and the next session reconciles.
+    #[error("peer is in epoch {theirs}, this ledger in epoch {ours}")]
+    EpochMismatch {
+        /// This ledger's epoch.
+        ours: u64,
+        /// The peer's.
+        theirs: u64,
+    },
 }
 
 /// Counters of one session.
@@ -364,6 +377,13 @@ impl<R: Replica> SyncSession<R> {
         self.stats.messages_received += 1;
         match self.handle_message(ledger, message) {
             Ok(()) => Ok(()),
+            Err(e @ SyncError::EpochMismatch { .. }) => {
+                // What is queued (this side's `Urgent` and `Hello`) still
+                // goes out: the peer learns the epoch, and the proofs
+                // cross.
+                self.failed = true;
+                Err(e)
+            }
             Err(e) => self.fail(e),
         }
     }
@@ -391,11 +411,17 @@ impl<R: Replica> SyncSession<R> {
                     }
                 }
             }
-            SyncMessage::Hello { digest, .. } => {
+            SyncMessage::Hello { epoch, digest, .. } => {
                 if self.hello_received {
                     return Err(SyncError::Unexpected("second hello"));
                 }
                 self.hello_received = true;
+                if epoch != ledger.epoch() {
+                    return Err(SyncError::EpochMismatch {
+                        ours: ledger.epoch(),
+                        theirs: epoch,
+                    });
+                }
                 if digest == ledger.digest() {
                     self.send_done_once(ledger);
                 } else {
@@ -404,6 +430,11 @@ impl<R: Replica> SyncSession<R> {
                         None => self.send_done_once(ledger),
                     }
                 }
+            }
+            SyncMessage::Reconcile(_) if !self.hello_received => {
+                // An honest peer's hello comes first: it names the epoch
+                // the reconciliation is about.
+                return Err(SyncError::Unexpected("reconcile before hello"));
             }
             SyncMessage::Reconcile(bytes) => {
                 self.stats.rounds_received += 1;
