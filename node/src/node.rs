@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use meshpay_proto::ledger::{Entry, Inserted, LedgerError, PartialLedger};
+use meshpay_proto::ledger::{Entry, Inserted, LedgerError, PartialLedger, RetentionPolicy};
 use meshpay_proto::prelude::*;
 
 use crate::store::{Role, Store, StoreError};
@@ -91,6 +91,10 @@ impl Node {
         let allowances = store.allowances()?;
         for (receipt, _) in store.receipts()? {
             let header = receipt.transfer.signed_header();
+            if ledger.is_settled(&header.id()) {
+                // Settled: a rotation dropped it, and it stays out.
+                continue;
+            }
             if let Some(a) = allowances.iter().find(|a| a.id == header.allowance) {
                 let _ = ledger.insert(Entry::Allowance(a.clone()));
             }
@@ -289,6 +293,32 @@ impl Node {
     /// headers of stored receipts back into the ledger.
     fn learn_header(&mut self, header: SignedHeader) -> Result<Inserted, NodeError> {
         Ok(self.ledger.insert(Entry::Header(header))?)
+    }
+
+    /// Rotates the ledger into the epoch of `now` if it is in an older one
+    /// (protocol.md 9.8) and stores the new epoch at once, in full. Every
+    /// node does this by its clock before a sync session, so peers meet in
+    /// the same epoch; a session open across the rotation is stale and
+    /// must be dropped by the caller.
+    pub fn advance_epoch(
+        &mut self,
+        now: Timestamp,
+    ) -> Result<Option<meshpay_proto::ledger::Rotation>, NodeError> {
+        let Some(rotation) = self.ledger.advance(now, &RetentionPolicy::default()) else {
+            return Ok(None);
+        };
+        // The new epoch's document replaces the old one and its
+        // increments, with what is held aside beside it.
+        self.ledger_in_store = false;
+        self.persist_ledger()?;
+        tracing::info!(
+            epoch = self.ledger.epoch(),
+            kept = rotation.kept,
+            written = rotation.written,
+            dropped = rotation.dropped,
+            "ledger rotated into a new epoch"
+        );
+        Ok(Some(rotation))
     }
 
     /// Appends what changed in the ledger to the store.

@@ -330,7 +330,13 @@ fn sync_over(
     mtu: u16,
 ) -> Result<(BleLink, bool), MeshError> {
     let now = Millis(link.now_us() / 1000);
-    let side = mesh.with_node(move |a| SyncSide::new(a.node, SyncConfig::default(), now))?;
+    let side = mesh.with_node(move |a| {
+        // Into the epoch of the clock first, as the LAN mesh does.
+        if let Err(e) = a.node.advance_epoch(crate::mesh::wall_clock()) {
+            tracing::error!(error = %e, "could not store the rotated ledger");
+        }
+        SyncSide::new(a.node, SyncConfig::default(), now)
+    })?;
     let (side, link, ended) = converse(mesh, side, link, SYNC_LIMIT_MS)?;
     let summary = mesh.with_node(|a| {
         if let Err(e) = a.node.persist_ledger() {

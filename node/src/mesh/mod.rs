@@ -387,6 +387,7 @@ impl Mesh {
     /// durable already).
     fn run_job(&mut self, job: api::NodeJob) {
         let before = self.node.ledger().digest();
+        let epoch = self.node.ledger().epoch();
         let mut access = NodeAccess {
             node: &mut self.node,
             invoices: &mut self.invoices,
@@ -395,6 +396,12 @@ impl Mesh {
         // Jobs are short (one step of an exchange; waiting for the peer
         // happens on the transport's own threads).
         job(&mut access);
+        if self.node.ledger().epoch() != epoch {
+            // A job rotated the ledger (a BLE session starting): the LAN
+            // sessions open name the old epoch.
+            self.initiated.clear();
+            self.answering.clear();
+        }
         if self.node.ledger().digest() != before {
             self.sync_all();
         }
@@ -691,6 +698,9 @@ impl Mesh {
     }
 
     fn answer_sync(&mut self, peer: PeerId, frames: &[Vec<u8>]) -> MeshResponse {
+        if !self.answering.contains_key(&peer) {
+            self.advance_epoch();
+        }
         let now = self.millis();
         if !self.answering.contains_key(&peer) {
             let remembered = self.remembered(&peer);
@@ -863,6 +873,12 @@ impl Mesh {
             // session without dropping the peer. Other bad data still does.
             E::Ledger(meshpay_proto::ledger::LedgerError::UnknownAllowance(_)) => {
                 tracing::debug!(%peer, error = %e, "sync session ended; the next one retries");
+            }
+            // Clocks on both sides of UTC midnight (protocol.md 9.8): the
+            // proofs crossed; the next session after the slower clock
+            // passes midnight reconciles.
+            E::EpochMismatch { .. } => {
+                tracing::info!(%peer, error = %e, "sync session ended: the peer is in another epoch");
             }
             _ => {
                 tracing::warn!(%peer, error = %e, "sync refused; dropping the peer");
@@ -1255,10 +1271,25 @@ impl Mesh {
         }
     }
 
+    /// Rotates the ledger if the clock has entered a new epoch (a UTC
+    /// day): sessions open until now name the old epoch's document and
+    /// are dropped; their peers' next sessions start afresh.
+    fn advance_epoch(&mut self) {
+        match self.node.advance_epoch(wall_clock()) {
+            Ok(Some(_)) => {
+                self.initiated.clear();
+                self.answering.clear();
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "could not store the rotated ledger"),
+        }
+    }
+
     fn start_sync(&mut self, peer: PeerId) {
         if self.initiated.contains_key(&peer) {
             return;
         }
+        self.advance_epoch();
         let remembered = self.remembered(&peer);
         let session = SyncSession::knowing(
             self.node.ledger(),
