@@ -64,6 +64,8 @@ pub struct LedgerDevice {
     pub receipts: u64,
     /// When it first held a proof against each allowance.
     pub proof_since: BTreeMap<AllowanceId, SimTime>,
+    /// Entries its ledger's rotations dropped so far.
+    pub dropped: u64,
     digest: Option<Hash>,
 }
 
@@ -82,6 +84,7 @@ impl LedgerDevice {
             cost: Cost::default(),
             receipts: 0,
             proof_since: BTreeMap::new(),
+            dropped: 0,
             digest: None,
         }
     }

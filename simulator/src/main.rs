@@ -62,6 +62,11 @@ enum Command {
         /// comparing).
         #[arg(long = "no-verify-memo")]
         no_verify_memo: bool,
+        /// Keep every ledger in one epoch for the whole run instead of
+        /// rotating at each UTC day of the simulated clock (protocol.md
+        /// 9.8): documents then only grow (for comparing).
+        #[arg(long = "no-rotate")]
+        no_rotate: bool,
     },
     /// Checks a scenario file and prints what it describes.
     Check {
@@ -116,6 +121,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             hours,
             print_json,
             no_verify_memo,
+            no_rotate,
         } => {
             if !no_verify_memo {
                 // Every device verifies the same signatures, decompresses
@@ -147,6 +153,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             let mut sim = Simulation::new(s, seed, trace);
+            sim.rotate = !no_rotate;
             let mut next_log = 0;
             sim.run(&mut |t| {
                 bar.set_position(t / 1000);

@@ -45,6 +45,9 @@ pub struct Report {
     pub cost: CostSummary,
     /// Sync sessions.
     pub sessions: SessionCounts,
+    /// Ledger rotations at epoch boundaries, and the acknowledgements
+    /// that let them drop what settled.
+    pub rotations: crate::sim::RotationCounts,
     /// The LAN push of urgent entries.
     pub push: crate::push::PushCounts,
     /// What adversarial peers and replays achieved.
@@ -611,6 +614,7 @@ impl Report {
             settlement,
             cost,
             sessions: sim.sessions.clone(),
+            rotations: sim.rotations.clone(),
             push: sim.push.clone(),
             adversaries,
             devices: rows,

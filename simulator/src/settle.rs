@@ -9,9 +9,10 @@
 //! its proof then. What settlement then does with the receipts is the
 //! protocol's own code: one [`AllowanceState`] per allowance, every
 //! upload a batch through [`ingest_batch`], final outcomes read from the
-//! states at the end (a later fork can reverse an earlier outcome).
-//! Settlement acknowledgements are not fed back into the mesh, so ledgers
-//! do not rotate.
+//! states at the end (a later fork can reverse an earlier outcome). Each
+//! upload's outcomes come back as a settlement acknowledgement that one
+//! gateway puts into its ledger (see `Simulation::uplink`), so that
+//! ledgers drop what settled when they rotate.
 
 use std::collections::BTreeMap;
 

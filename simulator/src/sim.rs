@@ -18,7 +18,8 @@ use crate::scenario::Scenario;
 use crate::session::{self, SessionEnd};
 use crate::settle;
 use crate::world::{Contact, DeviceId, SimTime, World, hours_ms};
-use meshpay_proto::settlement_ack::Outcome;
+use meshpay_proto::ledger::{Entry, RetentionPolicy};
+use meshpay_proto::settlement_ack::{Outcome, SettlementAck, SettlementAckTerms};
 
 /// A payment as it happened.
 #[derive(Debug, Clone)]
@@ -162,7 +163,28 @@ pub struct Simulation {
     pub end: SimTime,
     /// The settlement service (the real rules).
     pub settlement: settle::Service,
+    /// Ledger rotations at epoch boundaries (protocol.md 9.8).
+    pub rotations: RotationCounts,
+    /// Whether ledgers rotate (`--no-rotate` turns it off, to compare).
+    pub rotate: bool,
+    issuer: SecretKey,
+    acks_issued: u64,
     start: Timestamp,
+}
+
+/// What the ledgers' rotations did, summed over devices.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RotationCounts {
+    /// Epoch boundaries crossed.
+    pub epochs: u64,
+    /// Entries carried into the new epochs.
+    pub kept: u64,
+    /// Of those, written again by their own writer.
+    pub written: u64,
+    /// Entries left behind (settled, expired).
+    pub dropped: u64,
+    /// Settlement acknowledgements put into gateways' ledgers.
+    pub acks: u64,
 }
 
 /// Size of a signed header as gossiped: what naive flooding sends per entry.
@@ -286,6 +308,10 @@ impl Simulation {
         );
         let mut sim = Simulation {
             settlement,
+            rotations: RotationCounts::default(),
+            rotate: true,
+            issuer,
+            acks_issued: 0,
             ble: LinkModel::new(LinkKind::Ble, &scenario),
             lan: LinkModel::new(LinkKind::Lan, &scenario),
             history: ContactHistory::new(n_dev),
@@ -427,10 +453,14 @@ impl Simulation {
             None => self.world.contacts(t),
         };
         self.history.record(t, &contacts);
+        self.rotate_ledgers(t);
         let n = self.devices.len();
         for c in &contacts {
             for (x, y) in [(c.a, c.b), (c.b, c.a)] {
-                let held = self.devices[x as usize].ledger.len() as u64;
+                // What a ledger that never rotated would hold: naive
+                // flooding is the baseline without epochs.
+                let d = &self.devices[x as usize];
+                let held = d.ledger.held_len() as u64 + d.dropped;
                 self.naive_stateless_bytes += held * HEADER_BYTES;
                 let last = &mut self.naive_last[x as usize * n + y as usize];
                 self.naive_bytes += held.saturating_sub(*last) * HEADER_BYTES;
@@ -441,6 +471,30 @@ impl Simulation {
         if self.windows.is_open(t) {
             self.uplink(t);
         }
+    }
+
+    /// At the first tick of a new epoch (a UTC day of the simulated clock)
+    /// every device rotates its ledger, as a node does by its clock: all
+    /// devices then meet in the same epoch.
+    fn rotate_ledgers(&mut self, t: SimTime) {
+        if !self.rotate {
+            return;
+        }
+        let now = self.wall(t);
+        let policy = RetentionPolicy::default();
+        let mut crossed = false;
+        for d in &mut self.devices {
+            if let Some(r) = d.ledger.advance(now, &policy) {
+                crossed = true;
+                self.rotations.kept += r.kept as u64;
+                self.rotations.written += r.written as u64;
+                self.rotations.dropped += r.dropped as u64;
+                d.dropped += r.dropped as u64;
+                d.peers.clear();
+                d.touch();
+            }
+        }
+        self.rotations.epochs += u64::from(crossed);
     }
 
     fn sync_round(&mut self, t: SimTime, mut contacts: Vec<Contact>) {
@@ -545,10 +599,47 @@ impl Simulation {
             .into_iter()
             .filter_map(|i| Some((i, *payments[i].receipt.take()?)))
             .unzip();
-        let outcomes = self.settlement.ingest(&receipts, self.start.plus(t / 1000));
+        let now = self.start.plus(t / 1000);
+        let outcomes = self.settlement.ingest(&receipts, now);
+        let mut acked = BTreeMap::new();
+        let mut acked_headers = Vec::new();
         for (i, outcome) in which.into_iter().zip(outcomes) {
             payments[i].outcome = Some(outcome);
+            if let Some(h) = &payments[i].header {
+                acked.insert(h.id(), outcome);
+                acked_headers.push(*h);
+            }
         }
+        // Settlement answers the upload with an acknowledgement, which one
+        // gateway puts into its ledger (the first in its window that held
+        // one of the receipts; another gateway writing the same
+        // acknowledgement would only add a copy for every node to
+        // receive). The mesh spreads it, and ledgers drop what settled at
+        // their next rotation (the node's gateway does the same with what
+        // the service answers its upload).
+        let writer = gateways.iter().copied().find(|&g| {
+            acked_headers
+                .iter()
+                .any(|h| settle::settles(&self.devices[g].ledger, h))
+        });
+        if let Some(g) = writer {
+            self.acks_issued += 1;
+            let ack = SettlementAck::sign(
+                SettlementAckTerms {
+                    serial: self.acks_issued,
+                    issued_at: now,
+                    issuer: self.issuer.public(),
+                    outcomes: acked,
+                },
+                &self.issuer,
+            );
+            let d = &mut self.devices[g];
+            if d.ledger.insert(Entry::Ack(ack)).is_ok() {
+                d.touch();
+            }
+            self.rotations.acks += 1;
+        }
+        let devices = &self.devices;
         for c in self.conflicts.values_mut() {
             if c.reported.is_none()
                 && gateways

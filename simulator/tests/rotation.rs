@@ -1,0 +1,78 @@
+//! Ledgers rotate into a new epoch at UTC midnight of the simulated clock
+//! (protocol.md 9.8): what settled is dropped, the rest is carried, and
+//! the mesh keeps converging in the new epoch.
+
+mod common;
+
+use meshpay_proto::ledger::epoch_of;
+use meshpay_proto::prelude::*;
+use meshpay_sim::report::Report;
+use meshpay_sim::sim::Simulation;
+
+/// The lab, starting 45 minutes before a UTC midnight: the gateway
+/// uploads at 30 minutes, the ledgers rotate at 45, payments go on to the
+/// end of the hour.
+fn lab_across_midnight(rotate: bool) -> (Simulation, Report) {
+    let mut s = common::load("lab");
+    s.start_unix = 20_800 * 86_400 - 45 * 60;
+    let mut sim = Simulation::new(s, 5, None);
+    sim.rotate = rotate;
+    sim.run(&mut |_| {});
+    let report = Report::new(&mut sim);
+    (sim, report)
+}
+
+#[test]
+fn ledgers_rotate_at_midnight_drop_what_settled_and_converge_again() {
+    let (sim, report) = lab_across_midnight(true);
+    let r = &report.rotations;
+    // The first tick moves every empty ledger into the day it starts in;
+    // midnight is the second boundary.
+    assert_eq!(r.epochs, 2, "{r:?}");
+    assert!(
+        r.acks >= 1,
+        "the upload at 30 minutes is acknowledged: {r:?}"
+    );
+    assert!(r.dropped > 0, "settled headers are dropped: {r:?}");
+    assert!(
+        r.written > 0,
+        "payees write their unsettled headers again: {r:?}"
+    );
+    assert!(
+        report.sessions.honest_refusals.is_empty(),
+        "{:?}",
+        report.sessions.honest_refusals
+    );
+    let day = epoch_of(Timestamp(20_800 * 86_400));
+    for d in &sim.devices {
+        assert_eq!(d.ledger.epoch(), day);
+    }
+    // Full reach every 10 s: by the end every ledger holds the same
+    // document of the new epoch (the gateway one more entry: the
+    // acknowledgement of its last upload, after the last sync round).
+    let others: Vec<&_> = sim.devices.iter().filter(|d| !d.gateway).collect();
+    let digests: Vec<Hash> = others.iter().map(|d| d.ledger.digest()).collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    for g in sim.devices.iter().filter(|d| d.gateway) {
+        assert_eq!(g.ledger.len(), others[0].ledger.len() + 1);
+    }
+    // The cloned wallet's double spend is still caught everywhere.
+    assert!(report.detection.conflicts >= 1);
+    for d in &sim.devices {
+        assert!(!d.ledger.proofs().is_empty(), "every device holds a proof");
+    }
+}
+
+#[test]
+fn rotation_keeps_ledgers_smaller_than_one_epoch_for_the_whole_run() {
+    let (rotated, _) = lab_across_midnight(true);
+    let (grown, report) = lab_across_midnight(false);
+    assert_eq!(report.rotations.epochs, 0);
+    let held = |sim: &Simulation| -> usize { sim.devices.iter().map(|d| d.ledger.len()).sum() };
+    assert!(
+        held(&rotated) < held(&grown),
+        "documents after the rotation hold less: {} against {}",
+        held(&rotated),
+        held(&grown)
+    );
+}
