@@ -273,7 +273,18 @@ impl<R: Replica> PartialLedger<R> {
     fn epoch_actor(actor: &[u8], epoch: u64) -> Vec<u8> {
         let mut a = actor.to_vec();
         if epoch > 0 {
-            a.extend_from_slice(&epoch.to_le_bytes());
+            // As a varint (LEB128): every change carries the actor, and a
+            // UTC day number takes 3 bytes this way, 8 as a plain u64.
+            let mut e = epoch;
+            loop {
+                let low = (e & 0x7f) as u8;
+                e >>= 7;
+                if e == 0 {
+                    a.push(low);
+                    break;
+                }
+                a.push(low | 0x80);
+            }
         }
         a
     }
