@@ -87,7 +87,11 @@ impl Node {
             }
             None => PartialLedger::new(&actor, trust),
         };
-        // Headers of receipts committed after the last ledger save.
+        // Headers of receipts committed after the last ledger save. Those
+        // a rotation dropped on purpose stay out: settled ones (while the
+        // acknowledgement is held) and those of expired allowances.
+        let expired_before =
+            crate::mesh::wall_clock().minus(RetentionPolicy::default().expiry_grace_secs);
         let allowances = store.allowances()?;
         for (receipt, _) in store.receipts()? {
             let header = receipt.transfer.signed_header();
@@ -95,7 +99,13 @@ impl Node {
                 // Settled: a rotation dropped it, and it stays out.
                 continue;
             }
-            if let Some(a) = allowances.iter().find(|a| a.id == header.allowance) {
+            let allowance = allowances.iter().find(|a| a.id == header.allowance);
+            if allowance.is_some_and(|a| a.expires_at < expired_before) {
+                // A rotation dropped it with its allowance, a day after
+                // the allowance expired; it stays out.
+                continue;
+            }
+            if let Some(a) = allowance {
                 let _ = ledger.insert(Entry::Allowance(a.clone()));
             }
             // A received receipt whose allowance the ledger lost with an
@@ -304,13 +314,20 @@ impl Node {
         &mut self,
         now: Timestamp,
     ) -> Result<Option<meshpay_proto::ledger::Rotation>, NodeError> {
-        let Some(rotation) = self.ledger.advance(now, &RetentionPolicy::default()) else {
+        let rotation = self.ledger.advance(now, &RetentionPolicy::default());
+        if rotation.is_some() {
+            // The new epoch's document replaces the old one and its
+            // increments, with what is held aside beside it.
+            self.ledger_in_store = false;
+        }
+        if !self.ledger_in_store {
+            // Also retried here after a failed save: nothing is written
+            // under the new epoch's writer before the epoch is stored.
+            self.persist_ledger()?;
+        }
+        let Some(rotation) = rotation else {
             return Ok(None);
         };
-        // The new epoch's document replaces the old one and its
-        // increments, with what is held aside beside it.
-        self.ledger_in_store = false;
-        self.persist_ledger()?;
         tracing::info!(
             epoch = self.ledger.epoch(),
             kept = rotation.kept,

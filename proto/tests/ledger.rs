@@ -337,8 +337,18 @@ fn rotation_drops_what_settled_and_keeps_the_rest() {
     assert!(l.is_settled(&ids[0]));
     // Allowance still there: the wallet can keep paying.
     assert!(l.allowance(&a.id).is_some());
-    // A week and a day later everything expired goes too.
+    // A clock run a month ahead, with no issuer-signed time that recent
+    // (the allowance's issue and the acknowledgement are the newest),
+    // drops nothing more: the rotation judges at most a week past them.
+    let ahead = NOW.plus(30 * 86_400);
+    l.rotate_epoch(ahead, &RetentionPolicy::default());
+    assert!(l.allowance(&a.id).is_some());
+    assert_eq!(l.headers(&a.id).len(), 2);
+    // A week and a day later, with an acknowledgement of that day held,
+    // everything expired goes too.
     let later = NOW.plus(9 * 86_400);
+    l.insert(Entry::Ack(ack_at(2, &[], later)))
+        .expect("later ack");
     l.rotate_epoch(later, &RetentionPolicy::default());
     assert!(l.allowance(&a.id).is_none());
 }
@@ -1086,10 +1096,15 @@ fn an_ack_serial_reused_with_other_content_is_refused() {
 
 /// An acknowledgement settling `ids`.
 fn ack_of(serial: u64, ids: &[TransferId]) -> SettlementAck {
+    ack_at(serial, ids, NOW)
+}
+
+/// An acknowledgement settling `ids`, issued at `at`.
+fn ack_at(serial: u64, ids: &[TransferId], at: Timestamp) -> SettlementAck {
     SettlementAck::sign(
         SettlementAckTerms {
             serial,
-            issued_at: NOW,
+            issued_at: at,
             issuer: issuer().public(),
             outcomes: ids.iter().map(|id| (*id, Outcome::Settled)).collect(),
         },
@@ -1276,8 +1291,16 @@ fn rotation_drops_headers_whose_allowance_it_drops() {
     let mut l = with_wallets(1, &[1]);
     l.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
         .expect("h");
-    l.rotate_epoch(NOW.plus(30 * 86_400), &RetentionPolicy::default());
-    assert!(l.is_empty(), "{:?}", l.entries());
+    // Settlement's word that a month has passed (an acknowledgement of
+    // that day).
+    let later = NOW.plus(30 * 86_400);
+    l.insert(Entry::Ack(ack_at(1, &[], later))).expect("ack");
+    l.rotate_epoch(later, &RetentionPolicy::default());
+    assert!(
+        l.entries().iter().all(|e| matches!(e, Entry::Ack(_))),
+        "{:?}",
+        l.entries()
+    );
     Ledger::load(&l.save(), l.epoch(), &[1; 16], trust()).expect("reloads");
 }
 

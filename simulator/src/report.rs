@@ -545,14 +545,16 @@ impl Report {
         let mut rows = Vec::new();
         let merchants = sim.scenario.merchants.count as usize;
         for (i, d) in sim.devices.iter_mut().enumerate() {
-            let storage = d.ledger.save().len() as u64 + d.receipts * RECEIPT_BYTES;
+            // The saved ledger with what it holds aside, as a node stores it.
+            let storage = (d.ledger.save().len() + d.ledger.save_aside().len()) as u64
+                + d.receipts * RECEIPT_BYTES;
             rows.push(DeviceRow {
                 device: i as u32,
                 role: if i < merchants { "merchant" } else { "carrier" },
                 gateway: d.gateway,
                 behaviour: d.behaviour,
                 cost: d.cost,
-                ledger_entries: d.ledger.len(),
+                ledger_entries: d.ledger.held_len(),
                 storage_bytes: storage,
                 receipts: d.receipts,
             });

@@ -175,7 +175,7 @@ pub struct Simulation {
 /// What the ledgers' rotations did, summed over devices.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RotationCounts {
-    /// Epoch boundaries crossed.
+    /// Epoch boundaries (UTC midnights) crossed.
     pub epochs: u64,
     /// Entries carried into the new epochs.
     pub kept: u64,
@@ -484,8 +484,11 @@ impl Simulation {
         let policy = RetentionPolicy::default();
         let mut crossed = false;
         for d in &mut self.devices {
+            // The first tick moves every new (empty) ledger out of epoch 0
+            // into the day the run starts in: not a boundary crossed.
+            let first = d.ledger.epoch() == 0;
             if let Some(r) = d.ledger.advance(now, &policy) {
-                crossed = true;
+                crossed |= !first;
                 self.rotations.kept += r.kept as u64;
                 self.rotations.written += r.written as u64;
                 self.rotations.dropped += r.dropped as u64;

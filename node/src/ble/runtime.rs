@@ -331,12 +331,17 @@ fn sync_over(
 ) -> Result<(BleLink, bool), MeshError> {
     let now = Millis(link.now_us() / 1000);
     let side = mesh.with_node(move |a| {
-        // Into the epoch of the clock first, as the LAN mesh does.
+        // Into the epoch of the clock first, as the LAN mesh does; no
+        // session while the rotated ledger is not stored.
         if let Err(e) = a.node.advance_epoch(crate::mesh::wall_clock()) {
-            tracing::error!(error = %e, "could not store the rotated ledger");
+            tracing::error!(error = %e, "could not store the rotated ledger; no sync until it is");
+            return None;
         }
-        SyncSide::new(a.node, SyncConfig::default(), now)
+        Some(SyncSide::new(a.node, SyncConfig::default(), now))
     })?;
+    let Some(side) = side else {
+        return Ok((link, false));
+    };
     let (side, link, ended) = converse(mesh, side, link, SYNC_LIMIT_MS)?;
     let summary = mesh.with_node(|a| {
         if let Err(e) = a.node.persist_ledger() {

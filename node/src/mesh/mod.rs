@@ -698,8 +698,8 @@ impl Mesh {
     }
 
     fn answer_sync(&mut self, peer: PeerId, frames: &[Vec<u8>]) -> MeshResponse {
-        if !self.answering.contains_key(&peer) {
-            self.advance_epoch();
+        if !self.answering.contains_key(&peer) && !self.advance_epoch() {
+            return MeshResponse::Refused("ledger not stored".into());
         }
         let now = self.millis();
         if !self.answering.contains_key(&peer) {
@@ -718,9 +718,24 @@ impl Mesh {
         };
         for f in frames {
             if let Err(e) = session.handle_frame(self.node.ledger_mut(), f, now) {
+                // Peers in different epochs still exchange their urgent
+                // entries: what this side queued (its `Urgent` and
+                // `Hello`) goes back, and the session ends.
+                let out: Vec<Vec<u8>> = match e {
+                    meshpay_proto::sync::SyncError::EpochMismatch { .. } => {
+                        std::iter::from_fn(|| session.poll_transmit()).collect()
+                    }
+                    _ => Vec::new(),
+                };
                 self.answering.remove(&peer);
                 self.on_sync_error(peer, &e);
-                return MeshResponse::Refused(e.to_string());
+                if out.is_empty() {
+                    return MeshResponse::Refused(e.to_string());
+                }
+                return MeshResponse::Sync {
+                    frames: out,
+                    finished: true,
+                };
             }
         }
         let mut out = Vec::new();
@@ -1274,22 +1289,29 @@ impl Mesh {
     /// Rotates the ledger if the clock has entered a new epoch (a UTC
     /// day): sessions open until now name the old epoch's document and
     /// are dropped; their peers' next sessions start afresh.
-    fn advance_epoch(&mut self) {
+    /// Whether sessions may go on: not when the rotated ledger could not
+    /// be stored (changes written under the new epoch's writer must not
+    /// leave before the epoch is stored: after a restart the node would
+    /// write other changes under the same sequence numbers).
+    fn advance_epoch(&mut self) -> bool {
         match self.node.advance_epoch(wall_clock()) {
             Ok(Some(_)) => {
                 self.initiated.clear();
                 self.answering.clear();
+                true
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "could not store the rotated ledger"),
+            Ok(None) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "could not store the rotated ledger; no sync until it is");
+                false
+            }
         }
     }
 
     fn start_sync(&mut self, peer: PeerId) {
-        if self.initiated.contains_key(&peer) {
+        if self.initiated.contains_key(&peer) || !self.advance_epoch() {
             return;
         }
-        self.advance_epoch();
         let remembered = self.remembered(&peer);
         let session = SyncSession::knowing(
             self.node.ledger(),

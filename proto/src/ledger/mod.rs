@@ -59,6 +59,11 @@ pub const MAX_WAITING_UNITS: usize = 16_384;
 /// an empty start.
 pub const EPOCH_SECS: u64 = 86_400;
 
+/// How far past the newest issuer-signed time a ledger holds (an
+/// allowance's issue, an acknowledgement, a revocation list) a rotation
+/// judges what to drop, whatever the clock says (protocol.md 9.8).
+pub const CLOCK_LEAD_SECS: u64 = 7 * 86_400;
+
 /// The epoch a timestamp falls in.
 pub fn epoch_of(t: Timestamp) -> u64 {
     t.0 / EPOCH_SECS
@@ -616,6 +621,12 @@ impl<R: Replica> PartialLedger<R> {
             .map(|(k, v, _)| (k.clone(), v.clone()))
             .collect();
         self.replica.put_all(&pairs);
+        if !self.pending.is_empty() {
+            // Indexed here: not again when a peer's change that holds the
+            // same entry is applied.
+            self.pending
+                .retain(|(k, v, _)| !pairs.iter().any(|(pk, pv)| pk == k && pv == v));
+        }
         for (key, value, entry) in entries {
             self.index(&key, &value, entry);
         }
@@ -1001,6 +1012,7 @@ impl<R: Replica> PartialLedger<R> {
     ) -> Result<Vec<ConflictProof>, LedgerError> {
         let inspected = self.replica.inspect(message)?;
         let plan = self.plan_or_purge(&inspected.units, true)?;
+        let plan = self.not_indexed(plan);
         self.replica.apply(peer, inspected)?;
         self.carry_out(plan)
     }
@@ -1010,8 +1022,19 @@ impl<R: Replica> PartialLedger<R> {
     pub fn import(&mut self, saved: &[u8]) -> Result<Vec<ConflictProof>, LedgerError> {
         let (other, units) = self.replica.inspect_saved(saved)?;
         let plan = self.plan_or_purge(&units, false)?;
+        let plan = self.not_indexed(plan);
         self.replica.merge_from(other)?;
         self.carry_out(plan)
+    }
+
+    /// `plan` without the entries the replica holds already: a unit held
+    /// back lists what was new when it arrived, and this node may have
+    /// written the same entry since (an allowance its header took along).
+    /// They are indexed once.
+    fn not_indexed(&self, mut plan: Plan) -> Plan {
+        plan.checked
+            .retain(|(k, v, _)| !self.replica.contains(k, v));
+        plan
     }
 
     /// Units held back for missing dependencies (for tests and status).
@@ -1247,6 +1270,21 @@ impl<R: Replica> PartialLedger<R> {
     /// entries it carried over from every other node (protocol.md 9.8).
     pub fn rotate_to(&mut self, epoch: u64, now: Timestamp, policy: &RetentionPolicy) -> Rotation {
         let epoch = epoch.max(self.epoch + 1);
+        // What is dropped is judged at `now`, but never more than
+        // CLOCK_LEAD_SECS past the newest issuer-signed time held: a clock
+        // run far ahead must not throw away what is still valid (it only
+        // delays drops when no issuer time is that recent).
+        let newest = self
+            .allowances
+            .values()
+            .map(|a| a.allowance().issued_at)
+            .chain(self.acks.values().map(|k| k.issued_at))
+            .chain(self.revocations.iter().map(|r| r.issued_at))
+            .max();
+        let now = match newest {
+            Some(t) if t.plus(CLOCK_LEAD_SECS) < now => t.plus(CLOCK_LEAD_SECS),
+            _ => now,
+        };
         let mut allowances = std::mem::take(&mut self.allowances);
         allowances.retain(|_, a| now.minus(policy.expiry_grace_secs) <= a.allowance().expires_at);
         let kept_allowances: HashSet<String> = allowances.keys().map(allowance_key).collect();
