@@ -1364,6 +1364,40 @@ fn a_header_sent_before_its_allowance_waits_for_it_within_the_session() {
 }
 
 #[test]
+fn an_entry_written_here_while_a_peers_change_with_it_waits_is_counted_once() {
+    let (k, a) = wallet(1);
+    // The sender's change holding wallet 1's allowance depends on an
+    // earlier change (wallet 2's allowance, by another writer).
+    let mut first = with_wallets(1, &[2]);
+    let mut sender = copy(&mut first, 3);
+    sender
+        .insert_payment(a.clone(), header(&k, &a, 1, 100, 1))
+        .expect("payment");
+    let changes = changes_of(&sender);
+    assert_eq!(changes.len(), 2);
+    let mut receiver = ledger(2);
+    let (mut s_state, mut r_state) = (PeerState::new(), PeerState::new());
+    let opening = receiver.sync_message(&mut r_state).expect("opening");
+    sender.receive(&mut s_state, &opening).expect("opening");
+    let full = sender.sync_message(&mut s_state).expect("changes");
+    receiver
+        .receive(&mut r_state, &with_changes(&full, &[&changes[1]]))
+        .expect("held back");
+    assert_eq!(receiver.waiting_units(), 1);
+    // Meanwhile the receiver takes a payment from the same wallet: its
+    // own change writes the allowance too.
+    receiver
+        .insert_payment(a.clone(), header(&k, &a, 2, 200, 1))
+        .expect("payment");
+    // Once the waiting change is applied, the allowance is still one
+    // entry: the two ledgers agree.
+    sync(&mut sender, &mut receiver);
+    assert_eq!(receiver.waiting_units(), 0);
+    assert_eq!(receiver.len(), receiver.entries().len());
+    assert_eq!(receiver.digest(), sender.digest());
+}
+
+#[test]
 fn a_forged_change_waiting_on_an_honest_one_is_dropped_when_that_one_arrives() {
     use automerge::ReadDoc;
     use automerge::transaction::Transactable;
