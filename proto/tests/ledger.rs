@@ -331,9 +331,16 @@ fn rotation_drops_what_settled_and_keeps_the_rest() {
     let before = l.len();
     let rotation = l.rotate_epoch(NOW, &RetentionPolicy::default());
     assert_eq!(l.epoch(), 1);
-    assert_eq!(rotation.dropped, 8);
+    // The settled headers leave the document, not the ledger: held aside,
+    // they still catch the wallet spending one of their numbers again.
+    assert_eq!(rotation.dropped, 0);
     assert_eq!(l.len(), before - 8);
-    assert_eq!(l.headers(&a.id).len(), 2);
+    assert_eq!(l.aside_len(), 8);
+    assert_eq!(l.headers(&a.id).len(), 10);
+    assert!(matches!(
+        l.insert(Entry::Header(header(&k, &a, 3, 300, 2))),
+        Ok(Inserted::Conflict(_))
+    ));
     assert!(l.is_settled(&ids[0]));
     // Allowance still there: the wallet can keep paying.
     assert!(l.allowance(&a.id).is_some());
@@ -343,7 +350,7 @@ fn rotation_drops_what_settled_and_keeps_the_rest() {
     let ahead = NOW.plus(30 * 86_400);
     l.rotate_epoch(ahead, &RetentionPolicy::default());
     assert!(l.allowance(&a.id).is_some());
-    assert_eq!(l.headers(&a.id).len(), 2);
+    assert_eq!(l.headers(&a.id).len(), 10);
     // A week and a day later, with an acknowledgement of that day held,
     // everything expired goes too.
     let later = NOW.plus(9 * 86_400);
@@ -1193,14 +1200,16 @@ fn a_rotation_writes_back_only_what_the_node_wrote_and_holds_the_rest_aside() {
     sync(&mut left, &mut right);
     let l = left.advance(NOW, &policy).expect("left rotates");
     let r = right.advance(NOW, &policy).expect("right rotates");
-    // Kept by both: the allowance, headers 3-5 and the acknowledgement.
-    assert_eq!((l.kept, l.dropped), (5, 2));
-    assert_eq!((r.kept, r.dropped), (5, 2));
-    // Left wrote the allowance and the headers; right the acknowledgement.
-    assert_eq!((l.written, left.len(), left.aside_len()), (4, 4, 1));
-    assert_eq!((r.written, right.len(), right.aside_len()), (1, 1, 4));
+    // Kept by both: the allowance, the five headers and the
+    // acknowledgement.
+    assert_eq!((l.kept, l.dropped), (7, 0));
+    assert_eq!((r.kept, r.dropped), (7, 0));
+    // Left wrote the allowance and the unsettled headers 3-5 (the settled
+    // ones stay aside); right the acknowledgement.
+    assert_eq!((l.written, left.len(), left.aside_len()), (4, 4, 3));
+    assert_eq!((r.written, right.len(), right.aside_len()), (1, 1, 6));
     // Right still checks and compares against what it holds aside.
-    assert_eq!(right.headers(&a.id).len(), 3);
+    assert_eq!(right.headers(&a.id).len(), 5);
     assert!(right.allowance(&a.id).is_some());
     assert!(matches!(
         right.insert(Entry::Header(header(&k, &a, 4, 400, 2))),

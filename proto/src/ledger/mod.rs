@@ -1256,12 +1256,13 @@ impl<R: Replica> PartialLedger<R> {
 
     /// Starts epoch `epoch` (a later one than the current; an earlier or
     /// equal one is taken as the next): a fresh replica, with no history,
-    /// and only what is still needed: unsettled headers, allowances and the
+    /// and only what is still needed: allowances, their headers and the
     /// proofs against them until `expiry_grace` after they expire, the
     /// newest revocation list, and recent acknowledgements.
     ///
     /// Of what is kept, only the entries this node wrote into the old
-    /// replica are written into the new one: its headers and proofs (with
+    /// replica are written into the new one: its unsettled headers and
+    /// its proofs (with
     /// the allowances they need), its revocation list, and its
     /// acknowledgements issued within the last epoch, as one change under
     /// the new epoch's actor. Every other entry is held aside. Its own writer writes it again in the
@@ -1327,11 +1328,10 @@ impl<R: Replica> PartialLedger<R> {
                 let keep = match key.as_bytes().first() {
                     Some(b'a') => kept_allowances.contains(&key),
                     Some(b'p') => of_allowance(),
-                    Some(b'h') => {
-                        of_allowance()
-                            && matches!(Entry::decode(&key, &value),
-                                Ok(Entry::Header(h)) if !self.settled.contains(&h.id()))
-                    }
+                    // A settled header is kept too (aside, below): it is
+                    // what catches a wallet that spends its sequence
+                    // number again later.
+                    Some(b'h') => of_allowance(),
                     Some(b'r') => newest_list.as_deref() == Some(key.as_str()),
                     Some(b'k') => matches!(Entry::decode(&key, &value),
                         Ok(Entry::Ack(k)) if now.minus(policy.ack_retention_secs) <= k.issued_at),
@@ -1347,13 +1347,15 @@ impl<R: Replica> PartialLedger<R> {
             rotation.kept += 1;
             let pair = (key, value);
             // What the node wrote and others still need from it: its
-            // headers and proofs (with the allowances they need, added by
-            // `write`), its list, and acknowledgements of the last epoch.
-            // An allowance alone travels with what it checks.
+            // unsettled headers and its proofs (with the allowances they
+            // need, added by `write`), its list, and acknowledgements of
+            // the last epoch. An allowance alone travels with what it
+            // checks; a settled header no longer travels.
             if own.contains(&pair) {
                 match Entry::decode(&pair.0, &pair.1) {
                     Ok(Entry::Allowance(_)) | Err(_) => {}
                     Ok(Entry::Ack(k)) if now.minus(EPOCH_SECS) > k.issued_at => {}
+                    Ok(Entry::Header(h)) if self.settled.contains(&h.id()) => {}
                     Ok(entry) => {
                         written.push((pair.0, pair.1, entry));
                         continue;
