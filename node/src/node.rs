@@ -88,15 +88,17 @@ impl Node {
             None => PartialLedger::new(&actor, trust),
         };
         // Headers of receipts committed after the last ledger save. Those
-        // a rotation dropped on purpose stay out: settled ones (while the
-        // acknowledgement is held) and those of expired allowances.
+        // a rotation left out of the document on purpose stay out: settled
+        // ones (held aside while the acknowledgement is held) and those of
+        // expired allowances (dropped).
         let expired_before =
             crate::mesh::wall_clock().minus(RetentionPolicy::default().expiry_grace_secs);
         let allowances = store.allowances()?;
         for (receipt, _) in store.receipts()? {
             let header = receipt.transfer.signed_header();
             if ledger.is_settled(&header.id()) {
-                // Settled: a rotation dropped it, and it stays out.
+                // Settled: a rotation moved it aside; written back, it
+                // would travel to every peer again.
                 continue;
             }
             let allowance = allowances.iter().find(|a| a.id == header.allowance);

@@ -1289,10 +1289,11 @@ impl Mesh {
     /// Rotates the ledger if the clock has entered a new epoch (a UTC
     /// day): sessions open until now name the old epoch's document and
     /// are dropped; their peers' next sessions start afresh.
-    /// Whether sessions may go on: not when the rotated ledger could not
-    /// be stored (changes written under the new epoch's writer must not
-    /// leave before the epoch is stored: after a restart the node would
-    /// write other changes under the same sequence numbers).
+    ///
+    /// Returns whether sessions may go on: not while the rotated ledger
+    /// is not stored (changes under the new epoch's writer must not leave
+    /// before the epoch is on disk: after a restart the node would write
+    /// other changes under the same sequence numbers).
     fn advance_epoch(&mut self) -> bool {
         match self.node.advance_epoch(wall_clock()) {
             Ok(Some(_)) => {
