@@ -445,33 +445,15 @@ impl<R: Replica> PartialLedger<R> {
     /// [`Replica::neighbours`] over the replica and the entries held
     /// aside: the nearest key below and above `key` with `prefix`.
     fn held_neighbours(&self, prefix: &str, key: &str) -> (Option<String>, Option<String>) {
-        use core::ops::Bound::{Excluded, Unbounded};
-        let (mut below, mut above) = self.replica.neighbours(prefix, key);
-        if !self.aside.is_empty() {
-            let b = self
-                .aside
-                .range::<str, _>((Unbounded, Excluded(key)))
-                .next_back()
-                .map(|(k, _)| k)
-                .filter(|k| k.starts_with(prefix));
-            if let Some(b) = b
-                && below.as_ref().is_none_or(|x| x < b)
-            {
-                below = Some(b.clone());
-            }
-            let a = self
-                .aside
-                .range::<str, _>((Excluded(key), Unbounded))
-                .next()
-                .map(|(k, _)| k)
-                .filter(|k| k.starts_with(prefix));
-            if let Some(a) = a
-                && above.as_ref().is_none_or(|x| x > a)
-            {
-                above = Some(a.clone());
-            }
+        let (below, above) = self.replica.neighbours(prefix, key);
+        if self.aside.is_empty() {
+            return (below, above);
         }
-        (below, above)
+        let (aside_below, aside_above) = replica::nearest_keys(&self.aside, prefix, key);
+        (
+            below.max(aside_below),
+            above.into_iter().chain(aside_above).min(),
+        )
     }
 
     /// The whole ledger as bytes (store beside it the epoch number).

@@ -117,6 +117,29 @@ pub trait Replica: Sized {
     fn decode_peer_state(bytes: &[u8]) -> Result<Self::PeerState, ReplicaError>;
 }
 
+/// The nearest keys of `map` below and above `key` that start with
+/// `prefix` (what [`Replica::neighbours`] answers, for any map by key).
+pub(crate) fn nearest_keys<V>(
+    map: &BTreeMap<String, V>,
+    prefix: &str,
+    key: &str,
+) -> (Option<String>, Option<String>) {
+    use core::ops::Bound::{Excluded, Unbounded};
+    let below = map
+        .range::<str, _>((Unbounded, Excluded(key)))
+        .next_back()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(prefix))
+        .cloned();
+    let above = map
+        .range::<str, _>((Excluded(key), Unbounded))
+        .next()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(prefix))
+        .cloned();
+    (below, above)
+}
+
 /// A peer message that has been parsed and listed but not applied.
 pub struct Inspected<R: Replica> {
     /// The units of the message this replica does not hold, with the new
@@ -789,22 +812,7 @@ impl Replica for AutomergeReplica {
     }
 
     fn neighbours(&self, prefix: &str, key: &str) -> (Option<String>, Option<String>) {
-        use core::ops::Bound::{Excluded, Unbounded};
-        let below = self
-            .map
-            .range::<str, _>((Unbounded, Excluded(key)))
-            .next_back()
-            .map(|(k, _)| k)
-            .filter(|k| k.starts_with(prefix))
-            .cloned();
-        let above = self
-            .map
-            .range::<str, _>((Excluded(key), Unbounded))
-            .next()
-            .map(|(k, _)| k)
-            .filter(|k| k.starts_with(prefix))
-            .cloned();
-        (below, above)
+        nearest_keys(&self.map, prefix, key)
     }
 
     fn put_all(&mut self, entries: &[(String, Vec<u8>)]) {
