@@ -27,9 +27,9 @@ pub use entry::{
     Entry, EntryError, EntryKind, allowance_key, header_key, headers_prefix, proofs_prefix,
 };
 pub use replica::{
-    AutomergeReplica, CLOCK_BUCKETS, ClockMessage, ClockPeer, Inspected, KeyValue, MAX_ACTOR_LEN,
-    MAX_CHANGE_BYTES, MAX_CLOCK_WRITERS, MAX_NEED, ParsedClock, Replica, ReplicaError, SMALL_CLOCK,
-    Unit, UnitId,
+    AutomergeReplica, CLOCK_BUCKETS, ClockMessage, ClockPeer, GENESIS_ACTOR, Inspected, KeyValue,
+    MAX_ACTOR_LEN, MAX_CHANGE_BYTES, MAX_CLOCK_WRITERS, MAX_NEED, ParsedClock, Replica,
+    ReplicaError, SHARDS, SMALL_CLOCK, Unit, UnitId, shard_of,
 };
 
 use crate::allowance::{Allowance, AllowanceId, TrustStore};
@@ -317,7 +317,9 @@ impl<R: Replica> PartialLedger<R> {
         actor: &[u8],
         trust: TrustStore,
     ) -> Result<Self, LedgerError> {
-        let replica = R::load(bytes, &Self::epoch_actor(actor, epoch))?;
+        // Pairs the replica could not carry over from an older layout are
+        // held aside, like the aside part.
+        let (replica, left_over) = R::load(bytes, &Self::epoch_actor(actor, epoch))?;
         let mut ledger = PartialLedger::new(actor, trust);
         ledger.epoch = epoch;
         let mut all = Vec::new();
@@ -336,6 +338,7 @@ impl<R: Replica> PartialLedger<R> {
             // is the replica's.
             all.extend(pairs.into_iter().filter(|(k, v)| !replica.contains(k, v)));
         }
+        all.extend(left_over);
         // Checked together: headers held aside may need an allowance of the
         // replica, and the other way round. The node's own saved ledger:
         // every entry was checked strictly when it entered; batch
@@ -1270,12 +1273,21 @@ impl<R: Replica> PartialLedger<R> {
         };
         let mut allowances = std::mem::take(&mut self.allowances);
         allowances.retain(|_, a| now.minus(policy.expiry_grace_secs) <= a.allowance().expires_at);
-        let kept_allowances: HashSet<String> = allowances.keys().map(allowance_key).collect();
+        // The allowances kept, as the 22 characters of base64 their keys
+        // and those of their headers and proofs share (protocol.md 9.2).
+        let kept_allowances: HashSet<String> = allowances
+            .keys()
+            .map(|id| allowance_key(id)[1..].to_string())
+            .collect();
         let own: HashSet<KeyValue> = self.replica.own_entries().into_iter().collect();
         // Everything held, by key, values in byte order: the entries held
-        // aside are moved, the replica's (one epoch's worth) copied in.
+        // aside and the replica's (one epoch's worth) are moved.
+        let replica = std::mem::replace(
+            &mut self.replica,
+            R::empty(&Self::epoch_actor(&self.actor, epoch)),
+        );
         let mut held = std::mem::take(&mut self.aside);
-        for (key, values) in self.replica.scan("") {
+        for (key, values) in replica.into_map() {
             let at = held.entry(key).or_default();
             for v in values {
                 if let Err(i) = at.binary_search(&v) {
@@ -1292,11 +1304,11 @@ impl<R: Replica> PartialLedger<R> {
         let mut aside: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         let mut aside_count = 0;
         for (key, values) in held {
-            // The allowance a header or proof key names: `a` and the same
-            // 22 characters of base64 (protocol.md 9.2).
+            // Whether the allowance a key names (by the 22 characters of
+            // base64 after its first) is kept.
             let of_allowance = || {
                 key.get(1..23)
-                    .is_some_and(|id| kept_allowances.contains(&format!("a{id}")))
+                    .is_some_and(|id| kept_allowances.contains(id))
             };
             let mut keep_one = None;
             for value in values {
@@ -1308,7 +1320,7 @@ impl<R: Replica> PartialLedger<R> {
                     continue;
                 }
                 let keep = match key.as_bytes().first() {
-                    Some(b'a') => kept_allowances.contains(&key),
+                    Some(b'a') => key.len() == 23 && of_allowance(),
                     Some(b'p') => of_allowance(),
                     // A settled header is kept too (aside, below): it is
                     // what catches a wallet that spends its sequence
@@ -1348,7 +1360,7 @@ impl<R: Replica> PartialLedger<R> {
             aside_count += 1;
         }
         let mut fresh = PartialLedger::<R>::new(&self.actor, self.trust.clone());
-        fresh.replica = R::empty(&Self::epoch_actor(&self.actor, epoch));
+        std::mem::swap(&mut fresh.replica, &mut self.replica);
         fresh.epoch = epoch;
         // What the kept entries tell, moved rather than learnt again: they
         // were checked when they entered.

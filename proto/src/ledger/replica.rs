@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, Automerge, ChangeHash, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{
+    ActorId, Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::encoding::Encode;
@@ -61,6 +63,11 @@ pub trait Replica: Sized {
     /// Every `(key, value)` pair this replica's own writer put (what a
     /// rotation writes again, protocol.md 9.8).
     fn own_entries(&self) -> Vec<KeyValue>;
+    /// Every key with its values in byte order, the replica given up (a
+    /// rotation moves them rather than copying them).
+    fn into_map(self) -> BTreeMap<String, Vec<Vec<u8>>> {
+        self.scan("").into_iter().collect()
+    }
     /// If merges left more than `max` concurrent heads, joins them with one
     /// empty change. (A change depends on every head there is when it is
     /// made, so a node that mostly merges would otherwise list one hash per
@@ -106,8 +113,11 @@ pub trait Replica: Sized {
     /// What changed since the last `save` or `save_incremental`.
     fn save_incremental(&mut self) -> Vec<u8>;
     /// Loads a replica saved by [`Replica::save`] (followed by any number of
-    /// [`Replica::save_incremental`] outputs, concatenated).
-    fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError>;
+    /// [`Replica::save_incremental`] outputs, concatenated), and the pairs
+    /// of the saved form the loaded replica does not hold: a saved form of
+    /// an older layout may hold pairs the current one cannot carry over.
+    /// The caller keeps them (the ledger holds them aside).
+    fn load(bytes: &[u8], actor: &[u8]) -> Result<(Self, Vec<KeyValue>), ReplicaError>;
     /// An empty replica writing as `actor`.
     fn empty(actor: &[u8]) -> Self;
 
@@ -178,11 +188,63 @@ pub enum ReplicaError {
     Apply(String),
 }
 
-/// The automerge implementation: one automerge document whose root map is
-/// the ledger's map. Keys live directly in the root (nested maps created by
-/// two nodes concurrently would conflict as objects).
+/// Nested maps the ledger's keys are spread over (protocol.md 9.7): a key
+/// lives in map [`shard_of`]`(key)` of the root. automerge places a new
+/// key by walking the operations of its map in order, so with one map of
+/// `n` keys every applied change cost O(n); with 256 maps it walks 1/256
+/// of them.
+pub const SHARDS: usize = 256;
+
+/// The writer of the genesis change, the one change that creates the
+/// [`SHARDS`] maps. Every node makes that change itself, identically (this
+/// writer, no dependencies, time 0, the maps in order), so it has one hash
+/// everywhere and the maps are the same objects in every document. No
+/// node writes under this id, and no change by it is accepted from a peer.
+/// Every other change names it (its writes go into the genesis maps), so
+/// it is one byte: a node's actor id is never this single byte.
+pub const GENESIS_ACTOR: &[u8] = &[0];
+
+/// The map of the root a ledger key lives in: the first byte of SHA-256 of
+/// the key (keys are not spread evenly by themselves: many share a prefix).
+pub fn shard_of(key: &str) -> usize {
+    use sha2::Digest as _;
+    usize::from(sha2::Sha256::digest(key.as_bytes())[0]) % SHARDS
+}
+
+/// A document holding only the genesis change, and the ids of its maps.
+fn genesis() -> &'static (Automerge, Vec<ObjId>) {
+    static GENESIS: std::sync::OnceLock<(Automerge, Vec<ObjId>)> = std::sync::OnceLock::new();
+    GENESIS.get_or_init(|| {
+        let mut doc = Automerge::new().with_actor(ActorId::from(GENESIS_ACTOR));
+        let mut tx = doc.transaction();
+        let mut shards = Vec::with_capacity(SHARDS);
+        for i in 0..SHARDS {
+            // Creating a map under a fresh key of the root cannot fail.
+            if let Ok(obj) = tx.put_object(ROOT, format!("{i:02x}"), ObjType::Map) {
+                shards.push(obj);
+            }
+        }
+        tx.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+        (doc, shards)
+    })
+}
+
+/// The hash of the genesis change.
+fn genesis_hash() -> ChangeHash {
+    static HASH: std::sync::OnceLock<ChangeHash> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| genesis().0.get_heads()[0])
+}
+
+/// The automerge implementation: one automerge document whose
+/// [`SHARDS`] nested maps, made by the genesis change, hold the ledger's
+/// map between them.
 pub struct AutomergeReplica {
     doc: Automerge,
+    /// The document's maps, by shard.
+    shards: Vec<ObjId>,
+    /// The pairs this replica's own writer put into the document (few: a
+    /// node writes what it was paid and the proofs it found).
+    own: Vec<KeyValue>,
     /// Heads as of the last save, for incremental saves.
     saved_heads: Vec<automerge::ChangeHash>,
     /// The document's root map as plain memory: every key with its values
@@ -259,6 +321,8 @@ struct Writer {
     upto: u64,
     /// The writer's bucket (see [`ClockMessage::covers`]), as a bit.
     bucket: u32,
+    /// The highest sequence number held.
+    last: u64,
 }
 
 impl Writer {
@@ -266,6 +330,7 @@ impl Writer {
         // A second change under one (writer, sequence number) is a forked
         // writer; the first one stays (automerge refuses the second).
         self.changes.entry(seq).or_insert((hash, start_op));
+        self.last = self.last.max(seq);
         while self.changes.contains_key(&(self.upto + 1)) {
             self.upto += 1;
         }
@@ -406,7 +471,7 @@ impl ClockPeer {
 impl core::fmt::Debug for AutomergeReplica {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("AutomergeReplica")
-            .field("keys", &self.doc.length(ROOT))
+            .field("keys", &self.map.len())
             .finish()
     }
 }
@@ -428,25 +493,58 @@ fn add_value(values: &mut Vec<Vec<u8>>, value: Vec<u8>) {
     }
 }
 
+/// Every key of map `obj` of `doc` with its bytes values, in byte order.
+fn map_pairs(doc: &Automerge, obj: &ObjId) -> Vec<(String, Vec<Vec<u8>>)> {
+    let keys: Vec<String> = doc
+        .map_range(obj, ..)
+        .map(|item| item.key.to_string())
+        .collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Ok(all) = doc.get_all(obj, key.as_str()) else {
+            continue;
+        };
+        let mut values: Vec<Vec<u8>> = Vec::with_capacity(all.len());
+        for (v, _) in all {
+            if let Value::Scalar(s) = v
+                && let ScalarValue::Bytes(b) = s.as_ref()
+            {
+                add_value(&mut values, b.clone());
+            }
+        }
+        out.push((key, values));
+    }
+    out
+}
+
 /// Checks one change's operations are ledger writes (a bytes value put
-/// into the root map under a key, overwriting nothing) and lists them.
+/// under a key into the key's map of the genesis change, overwriting
+/// nothing) and lists them.
 fn ledger_ops(
     change: &automerge::Change,
     out: &mut Vec<(String, Vec<u8>)>,
 ) -> Result<(), ReplicaError> {
     use automerge::legacy::{Key, ObjectId, OpType};
     for op in change.decode().operations {
-        if op.obj != ObjectId::Root {
-            return Err(ReplicaError::ForbiddenOperation(
-                "write outside the root map",
-            ));
-        }
         if op.insert || !op.pred.is_empty() {
             return Err(ReplicaError::ForbiddenOperation("insert or overwrite"));
         }
         let Key::Map(key) = op.key else {
             return Err(ReplicaError::ForbiddenOperation("sequence key"));
         };
+        // Map `i` is the genesis change's operation `i + 1`.
+        let in_its_map = match &op.obj {
+            ObjectId::Id(id) => {
+                id.1.to_bytes() == GENESIS_ACTOR
+                    && usize::try_from(id.0).ok() == Some(shard_of(&key) + 1)
+            }
+            ObjectId::Root => false,
+        };
+        if !in_its_map {
+            return Err(ReplicaError::ForbiddenOperation(
+                "write outside the key's map",
+            ));
+        }
         let OpType::Put(ScalarValue::Bytes(value)) = op.action else {
             return Err(ReplicaError::ForbiddenOperation("not a bytes value"));
         };
@@ -460,10 +558,13 @@ impl AutomergeReplica {
         ActorId::from(actor)
     }
 
-    /// A replica around a document, its map read from the document.
+    /// A replica around a document that holds the genesis change, its map
+    /// read from the document.
     fn from_doc(doc: Automerge, saved_heads: Vec<automerge::ChangeHash>) -> Self {
         let mut replica = AutomergeReplica {
             doc,
+            shards: genesis().1.clone(),
+            own: Vec::new(),
             saved_heads,
             map: BTreeMap::new(),
             queued: HashMap::new(),
@@ -473,6 +574,7 @@ impl AutomergeReplica {
         };
         replica.reread_map();
         replica.reindex_writers();
+        replica.own = replica.doc_own_entries();
         replica
     }
 
@@ -487,7 +589,10 @@ impl AutomergeReplica {
             .map(|m| (m.actor.to_bytes().to_vec(), m.seq, m.hash, m.start_op))
             .collect();
         for (actor, seq, hash, start_op) in metas {
-            self.add_to_writer(actor, seq, hash, start_op);
+            // The genesis change is every node's: no clock lists it.
+            if actor != GENESIS_ACTOR {
+                self.add_to_writer(actor, seq, hash, start_op);
+            }
         }
     }
 
@@ -559,8 +664,16 @@ impl AutomergeReplica {
         need: &HashSet<ChangeHash>,
     ) -> Vec<(ChangeHash, Vec<u8>)> {
         let mut lacking: Vec<(u64, &[u8], u64, ChangeHash)> = Vec::new();
+        // Both maps are sorted by actor: one walk through the two.
+        let mut their_iter = theirs.iter().peekable();
         for (actor, writer) in &self.writers {
-            let have = theirs.get(actor).copied().unwrap_or(0);
+            while their_iter.next_if(|(a, _)| *a < actor).is_some() {}
+            let have = their_iter
+                .next_if(|(a, _)| *a == actor)
+                .map_or(0, |(_, n)| *n);
+            if writer.last <= have {
+                continue;
+            }
             for (seq, (hash, start_op)) in writer.changes.range(have.saturating_add(1)..) {
                 if !sent.contains(hash) || need.contains(hash) {
                     lacking.push((*start_op, actor, *seq, *hash));
@@ -634,34 +747,11 @@ impl AutomergeReplica {
 
     /// Reads the map from the document again (after a load or a merge).
     fn reread_map(&mut self) {
-        let keys: Vec<String> = self
-            .doc
-            .map_range(ROOT, ..)
-            .map(|item| item.key.to_string())
-            .collect();
-        self.map = keys
-            .into_iter()
-            .map(|k| {
-                let v = self.doc_values(&k);
-                (k, v)
-            })
-            .collect();
-    }
-
-    /// Every value under `key` in the document, in byte order.
-    fn doc_values(&self, key: &str) -> Vec<Vec<u8>> {
-        let Ok(all) = self.doc.get_all(ROOT, key) else {
-            return Vec::new();
-        };
-        let mut out: Vec<Vec<u8>> = Vec::with_capacity(all.len());
-        for (v, _) in all {
-            if let Value::Scalar(s) = v
-                && let ScalarValue::Bytes(b) = s.as_ref()
-            {
-                add_value(&mut out, b.clone());
-            }
+        let mut map = BTreeMap::new();
+        for shard in &self.shards {
+            map.extend(map_pairs(&self.doc, shard));
         }
-        out
+        self.map = map;
     }
 
     /// Adds pairs the document now holds to the map.
@@ -777,10 +867,63 @@ impl AutomergeReplica {
     /// number is this change (an index look-up; automerge's own builds
     /// the change's metadata).
     fn holds_change(&self, change: &automerge::Change) -> bool {
+        if change.actor_id().to_bytes() == GENESIS_ACTOR {
+            return change.hash() == genesis_hash();
+        }
         self.writers
             .get(change.actor_id().to_bytes())
             .and_then(|w| w.changes.get(&change.seq()))
             .is_some_and(|(h, _)| *h == change.hash())
+    }
+
+    /// A replica of the current layout holding what a document of the
+    /// first layout (every key in the root map, no genesis change) held:
+    /// one value of each key is written as this node's own, and the other
+    /// values of keys that have several (concurrent writes) are returned
+    /// for the caller to keep. Peers hold the entries already or take them
+    /// as new writes, so nothing is lost.
+    fn from_root_layout(old: &Automerge, actor: &[u8]) -> (Self, Vec<KeyValue>) {
+        let mut replica = Self::empty(actor);
+        let mut first = Vec::new();
+        let mut more = Vec::new();
+        for (key, values) in map_pairs(old, &ROOT) {
+            let mut values = values.into_iter();
+            if let Some(v) = values.next() {
+                first.push((key.clone(), v));
+            }
+            more.extend(values.map(|v| (key.clone(), v)));
+        }
+        replica.put_all(&first);
+        (replica, more)
+    }
+
+    /// The pairs of the document's changes by its own writer, read from
+    /// the document (after a load or a merge; local writes add to `own`).
+    fn doc_own_entries(&self) -> Vec<KeyValue> {
+        let me = self.doc.get_actor().to_bytes();
+        let Some(writer) = self.writers.get(me) else {
+            return Vec::new();
+        };
+        let hashes: Vec<ChangeHash> = writer.changes.values().map(|(h, _)| *h).collect();
+        let mut out = Vec::new();
+        // One pass over the document for all of them (see `changes_for`).
+        let changes = match self.doc.bundle(hashes.iter().copied()) {
+            Ok(bundle) => bundle.to_changes().unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let changes = if changes.len() == hashes.len() {
+            changes
+        } else {
+            hashes
+                .iter()
+                .filter_map(|h| self.doc.get_change_by_hash(h))
+                .collect()
+        };
+        for change in &changes {
+            // The replica's own changes hold ledger writes only.
+            let _ = ledger_ops(change, &mut out);
+        }
+        out
     }
 
     /// The automerge document (for measurements).
@@ -823,9 +966,11 @@ impl Replica for AutomergeReplica {
         let mut any = false;
         for (key, value) in entries {
             if !self.map.contains_key(key) {
-                // Putting into the root map with a string key cannot fail.
-                let _ = tx.put(ROOT, key.as_str(), ScalarValue::Bytes(value.clone()));
+                // Putting into a map with a string key cannot fail.
+                let shard = &self.shards[shard_of(key)];
+                let _ = tx.put(shard, key.as_str(), ScalarValue::Bytes(value.clone()));
                 self.map.insert(key.clone(), vec![value.clone()]);
+                self.own.push((key.clone(), value.clone()));
                 any = true;
             }
         }
@@ -847,30 +992,11 @@ impl Replica for AutomergeReplica {
     }
 
     fn own_entries(&self) -> Vec<KeyValue> {
-        let me = self.doc.get_actor().to_bytes();
-        let Some(writer) = self.writers.get(me) else {
-            return Vec::new();
-        };
-        let hashes: Vec<ChangeHash> = writer.changes.values().map(|(h, _)| *h).collect();
-        let mut out = Vec::new();
-        // One pass over the document for all of them (see `changes_for`).
-        let changes = match self.doc.bundle(hashes.iter().copied()) {
-            Ok(bundle) => bundle.to_changes().unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        let changes = if changes.len() == hashes.len() {
-            changes
-        } else {
-            hashes
-                .iter()
-                .filter_map(|h| self.doc.get_change_by_hash(h))
-                .collect()
-        };
-        for change in &changes {
-            // The replica's own changes hold ledger writes only.
-            let _ = ledger_ops(change, &mut out);
-        }
-        out
+        self.own.clone()
+    }
+
+    fn into_map(self) -> BTreeMap<String, Vec<Vec<u8>>> {
+        self.map
     }
 
     fn collapse_heads(&mut self, max: usize) {
@@ -1037,8 +1163,19 @@ impl Replica for AutomergeReplica {
                     actor.len()
                 )));
             }
-            if !change.other_actor_ids().is_empty() {
-                // Ledger writes reference no other writer's operations.
+            if actor == GENESIS_ACTOR && change.hash() != genesis_hash() {
+                // Every node makes the genesis change itself.
+                return Err(ReplicaError::ForbiddenOperation(
+                    "change by the genesis writer",
+                ));
+            }
+            if change
+                .other_actor_ids()
+                .iter()
+                .any(|a| a.to_bytes() != GENESIS_ACTOR)
+            {
+                // Ledger writes reference no operation but the genesis
+                // change's maps.
                 return Err(ReplicaError::ForbiddenOperation(
                     "change refers to other writers",
                 ));
@@ -1096,6 +1233,7 @@ impl Replica for AutomergeReplica {
             .map_err(|e| ReplicaError::Apply(e.to_string()));
         self.reread_map();
         self.reindex_writers();
+        self.own = self.doc_own_entries();
         merged
     }
 
@@ -1177,8 +1315,11 @@ impl Replica for AutomergeReplica {
         bytes
     }
 
-    fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError> {
+    fn load(bytes: &[u8], actor: &[u8]) -> Result<(Self, Vec<KeyValue>), ReplicaError> {
         let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
+        if doc.get_change_meta_by_hash(&genesis_hash()).is_none() {
+            return Ok(Self::from_root_layout(&doc, actor));
+        }
         let saved_heads = doc.get_heads();
         let mut replica =
             AutomergeReplica::from_doc(doc.with_actor(Self::actor(actor)), saved_heads);
@@ -1187,11 +1328,12 @@ impl Replica for AutomergeReplica {
         if !replica.doc.get_missing_deps(&[]).is_empty() {
             replica.drop_waiting_units();
         }
-        Ok(replica)
+        Ok((replica, Vec::new()))
     }
 
     fn empty(actor: &[u8]) -> Self {
-        AutomergeReplica::from_doc(Automerge::new().with_actor(Self::actor(actor)), Vec::new())
+        let doc = genesis().0.clone().with_actor(Self::actor(actor));
+        AutomergeReplica::from_doc(doc, Vec::new())
     }
 
     fn encode_peer_state(_: &ClockPeer) -> Vec<u8> {
