@@ -1799,11 +1799,19 @@ fn many_writers_sync_by_clock_summary() {
 
 /// `n` empty changes written by `actor`, oldest first.
 fn empty_changes(actor: &[u8], n: usize) -> Vec<automerge::Change> {
-    let mut doc = automerge::Automerge::new().with_actor(automerge::ActorId::from(actor));
+    let mut doc = raw_doc(actor);
     for _ in 0..n {
         doc.empty_commit(automerge::transaction::CommitOptions::default().with_time(0));
     }
+    changes_of_writer(&doc, actor)
+}
+
+/// The changes of `doc` written by `actor`.
+fn changes_of_writer(doc: &automerge::Automerge, actor: &[u8]) -> Vec<automerge::Change> {
     doc.get_changes(&[])
+        .into_iter()
+        .filter(|c| c.actor_id().to_bytes() == actor)
+        .collect()
 }
 
 fn carrying(changes: &[&automerge::Change]) -> Vec<u8> {
@@ -1837,13 +1845,11 @@ fn changes_out_of_their_writers_order_never_reach_automerge() {
         .expect("taken");
     assert!(l.replica().clock(u32::MAX).contains(&(writer.to_vec(), 2)));
     // Another first change by the same writer: a forked writer, refused.
-    let mut other = automerge::Automerge::new().with_actor(automerge::ActorId::from(&writer[..]));
+    let mut other = raw_doc(&writer);
     let mut tx = other.transaction();
-    use automerge::transaction::Transactable;
-    tx.put(automerge::ROOT, "x", automerge::ScalarValue::Bytes(vec![1]))
-        .expect("put");
+    raw_put(&mut tx, "x", vec![1]);
     tx.commit();
-    let fork = other.get_changes(&[]);
+    let fork = changes_of_writer(&other, &writer);
     let e = l
         .receive(&mut PeerState::new(), &carrying(&[&fork[0]]))
         .expect_err("refused");
@@ -1932,7 +1938,7 @@ fn honest_changes_dropped_with_a_forged_one_are_sent_again_in_the_session() {
 fn a_writers_change_that_skips_its_own_history_is_left_out() {
     let writer = automerge::ActorId::from(&[7u8; 16][..]);
     // Change 1 depends on a change the victim lacks.
-    let mut doc = automerge::Automerge::new().with_actor(automerge::ActorId::from(&[8u8; 16][..]));
+    let mut doc = raw_doc(&[8u8; 16]);
     doc.empty_commit(automerge::transaction::CommitOptions::default().with_time(0));
     let mut doc = doc.with_actor(writer.clone());
     doc.empty_commit(automerge::transaction::CommitOptions::default().with_time(0));
@@ -1945,7 +1951,7 @@ fn a_writers_change_that_skips_its_own_history_is_left_out() {
         actor_id: writer,
         hash: None,
         seq: 2,
-        start_op: core::num::NonZeroU64::new(1).expect("1"),
+        start_op: core::num::NonZeroU64::new(1_000).expect("not 0"),
         time: 0,
         message: None,
         deps: Vec::new(),
@@ -2098,16 +2104,96 @@ fn a_ledger_saved_with_every_key_in_the_root_map_loads_whole() {
     old.merge(&mut other).expect("merge");
 
     let loaded = Ledger::load(&old.save(), 0, &[1; 16], trust()).expect("loads");
+    assert!(loaded.needs_full_save(), "the stored form must be replaced");
     let mut headers = loaded.headers(&a.id);
     headers.sort_by_key(|h| (h.seq, h.id()));
-    let mut expected = vec![first, fork, second];
+    let mut expected = vec![first.clone(), fork.clone(), second];
     expected.sort_by_key(|h| (h.seq, h.id()));
     assert_eq!(headers, expected, "every value, the fork's two included");
-    assert_eq!(loaded.aside_len(), 1, "the second value of the forked key");
-    // What it held is written in the current layout: a peer takes it.
+    assert_eq!(
+        loaded.aside_len(),
+        1,
+        "the other writer's value of the forked key"
+    );
+    // What the node wrote is written in the current layout, as its own: a
+    // peer takes it.
     let mut loaded = loaded;
     let mut peer = ledger(3);
     sync(&mut loaded, &mut peer);
     assert!(peer.allowance(&a.id).is_some());
     assert_eq!(peer.headers(&a.id).len(), 2);
+    let sent = peer.headers(&a.id);
+    assert!(
+        sent.contains(&first) && !sent.contains(&fork),
+        "its own value"
+    );
+    // Saved in full, then incrementally, it loads again.
+    let mut stored = loaded.save();
+    assert!(!loaded.needs_full_save());
+    loaded
+        .insert(Entry::Header(header(&k, &a, 3, 300, 1)))
+        .expect("h3");
+    stored.extend(loaded.save_incremental());
+    let again = Ledger::load_with_aside(&stored, &loaded.save_aside(), 0, &[1; 16], trust())
+        .expect("reloads");
+    assert_eq!(again.headers(&a.id).len(), 4);
+    assert!(!again.needs_full_save());
+}
+
+#[test]
+fn an_import_with_a_change_by_the_genesis_writer_is_refused() {
+    let (_, a) = wallet(2);
+    let mut doc = raw_doc(meshpay_proto::ledger::GENESIS_ACTOR);
+    let mut tx = doc.transaction();
+    raw_put(
+        &mut tx,
+        &meshpay_proto::ledger::allowance_key(&a.id),
+        Entry::Allowance(a).encode_value(),
+    );
+    tx.commit();
+    let mut l = victim();
+    let before = (l.entries(), l.digest());
+    let e = l.import(&doc.save()).expect_err("refused");
+    assert!(forbidden(&e), "{e:?}");
+    assert_eq!((l.entries(), l.digest()), before);
+}
+
+#[test]
+fn the_genesis_change_has_the_hash_protocol_md_gives() {
+    let l = ledger(1);
+    let genesis = &l.replica().doc().get_changes(&[])[0];
+    assert_eq!(genesis.hash().to_string(), GENESIS_HASH);
+    assert_eq!(
+        genesis.decode().operations.len(),
+        meshpay_proto::ledger::SHARDS
+    );
+}
+
+/// The hash of the genesis change (protocol.md 9.7). A different automerge
+/// version or implementation that made another would cut its nodes off.
+const GENESIS_HASH: &str = "60eeecd4ac72a5ea11900fc4c62c9f29ebc8183a88bd1906f8cd125af57b845d";
+
+#[test]
+fn a_nodes_own_change_that_comes_back_from_a_peer_is_its_own_again() {
+    let (k, a) = wallet(1);
+    let mut node = with_wallets(1, &[1]);
+    let saved = node.save();
+    node.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    let mut peer = ledger(2);
+    sync(&mut node, &mut peer);
+    // The node's save lost its last write; the peer sends it back.
+    let mut node = Ledger::load(&saved, 0, &[1; 16], trust()).expect("reload");
+    let key = meshpay_proto::ledger::header_key(&a.id, 1);
+    use meshpay_proto::ledger::Replica;
+    let own_keys = |l: &Ledger| -> Vec<String> {
+        l.replica()
+            .own_entries()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    };
+    assert!(!own_keys(&node).contains(&key));
+    sync(&mut peer, &mut node);
+    assert!(own_keys(&node).contains(&key), "what it wrote is its own");
 }

@@ -356,6 +356,14 @@ impl<R: Replica> PartialLedger<R> {
         Ok(ledger)
     }
 
+    /// Whether the ledger was loaded from a saved form of an older layout
+    /// and rewritten: its next save must be a full one ([`PartialLedger::save`]),
+    /// which replaces the stored form (an incremental save appended to the
+    /// old form would not load).
+    pub fn needs_full_save(&self) -> bool {
+        self.replica.rewritten()
+    }
+
     /// The entries held aside (see [`PartialLedger::insert_urgent`]) as
     /// bytes, to store beside the saved ledger and give back to
     /// [`PartialLedger::load_with_aside`]. Empty when there are none.

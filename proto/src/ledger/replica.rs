@@ -63,6 +63,12 @@ pub trait Replica: Sized {
     /// Every `(key, value)` pair this replica's own writer put (what a
     /// rotation writes again, protocol.md 9.8).
     fn own_entries(&self) -> Vec<KeyValue>;
+    /// Whether [`Replica::load`] rewrote a saved form of an older layout
+    /// (until the next full [`Replica::save`]): an incremental save would
+    /// not load after the old form.
+    fn rewritten(&self) -> bool {
+        false
+    }
     /// Every key with its values in byte order, the replica given up (a
     /// rotation moves them rather than copying them).
     fn into_map(self) -> BTreeMap<String, Vec<Vec<u8>>> {
@@ -245,6 +251,8 @@ pub struct AutomergeReplica {
     /// The pairs this replica's own writer put into the document (few: a
     /// node writes what it was paid and the proofs it found).
     own: Vec<KeyValue>,
+    /// Loaded from the first layout and not fully saved since.
+    rewritten: bool,
     /// Heads as of the last save, for incremental saves.
     saved_heads: Vec<automerge::ChangeHash>,
     /// The document's root map as plain memory: every key with its values
@@ -517,6 +525,46 @@ fn map_pairs(doc: &Automerge, obj: &ObjId) -> Vec<(String, Vec<Vec<u8>>)> {
     out
 }
 
+/// Checks who wrote a change a peer or an import brings, and whom it
+/// names: a writer id of 1 to [`MAX_ACTOR_LEN`] bytes, not the genesis
+/// actor (every node makes the genesis change itself), naming no writer
+/// but the genesis actor, and numbered after the genesis change (every
+/// honest change descends from it).
+fn check_writer(change: &automerge::Change) -> Result<(), ReplicaError> {
+    if change.actor_id().to_bytes() == GENESIS_ACTOR {
+        if change.hash() == genesis_hash() {
+            return Ok(());
+        }
+        return Err(ReplicaError::ForbiddenOperation(
+            "change by the genesis writer",
+        ));
+    }
+    let actor = change.actor_id().to_bytes();
+    if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
+        return Err(ReplicaError::Malformed(format!(
+            "change by a writer id of {} bytes (1 to {MAX_ACTOR_LEN})",
+            actor.len()
+        )));
+    }
+    if change
+        .other_actor_ids()
+        .iter()
+        .any(|a| a.to_bytes() != GENESIS_ACTOR)
+    {
+        // Ledger writes reference no operation but the genesis change's
+        // maps.
+        return Err(ReplicaError::ForbiddenOperation(
+            "change refers to other writers",
+        ));
+    }
+    if change.start_op().get() <= SHARDS as u64 {
+        return Err(ReplicaError::ForbiddenOperation(
+            "change numbered inside the genesis change",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks one change's operations are ledger writes (a bytes value put
 /// under a key into the key's map of the genesis change, overwriting
 /// nothing) and lists them.
@@ -565,6 +613,7 @@ impl AutomergeReplica {
             doc,
             shards: genesis().1.clone(),
             own: Vec::new(),
+            rewritten: false,
             saved_heads,
             map: BTreeMap::new(),
             queued: HashMap::new(),
@@ -776,6 +825,7 @@ impl AutomergeReplica {
         if self.holds_change(change) {
             return Ok(None);
         }
+        check_writer(change)?;
         let mut ops = Vec::new();
         ledger_ops(change, &mut ops)?;
         Ok(Some(Unit {
@@ -877,24 +927,45 @@ impl AutomergeReplica {
     }
 
     /// A replica of the current layout holding what a document of the
-    /// first layout (every key in the root map, no genesis change) held:
-    /// one value of each key is written as this node's own, and the other
-    /// values of keys that have several (concurrent writes) are returned
-    /// for the caller to keep. Peers hold the entries already or take them
-    /// as new writes, so nothing is lost.
+    /// first layout (every key in the root map, no genesis change) held,
+    /// as a rotation would (protocol.md 9.8): the pairs the node wrote
+    /// itself are written again as its own (one value per key), and every
+    /// other pair is returned for the caller to hold aside. Nothing is
+    /// lost, and nobody else's entries become this node's writes.
     fn from_root_layout(old: &Automerge, actor: &[u8]) -> (Self, Vec<KeyValue>) {
-        let mut replica = Self::empty(actor);
-        let mut first = Vec::new();
-        let mut more = Vec::new();
-        for (key, values) in map_pairs(old, &ROOT) {
-            let mut values = values.into_iter();
-            if let Some(v) = values.next() {
-                first.push((key.clone(), v));
+        use automerge::legacy::{Key, OpType};
+        let mut own_pairs = HashSet::new();
+        for change in old.get_changes(&[]) {
+            if change.actor_id().to_bytes() == actor {
+                for op in change.decode().operations {
+                    if let (Key::Map(key), OpType::Put(ScalarValue::Bytes(v))) = (op.key, op.action)
+                    {
+                        own_pairs.insert((key.to_string(), v));
+                    }
+                }
             }
-            more.extend(values.map(|v| (key.clone(), v)));
         }
-        replica.put_all(&first);
-        (replica, more)
+        let mut replica = Self::empty(actor);
+        let mut own: Vec<KeyValue> = Vec::new();
+        let mut others = Vec::new();
+        for (key, values) in map_pairs(old, &ROOT) {
+            let mut written = false;
+            for v in values {
+                let pair = (key.clone(), v);
+                // One value per key in a document written anew.
+                if !written && own_pairs.contains(&pair) {
+                    written = true;
+                    own.push(pair);
+                } else {
+                    others.push(pair);
+                }
+            }
+        }
+        replica.put_all(&own);
+        // The new document starts the actor's sequence numbers again at 1:
+        // it must replace the old one in storage.
+        replica.rewritten = true;
+        (replica, others)
     }
 
     /// The pairs of the document's changes by its own writer, read from
@@ -1156,30 +1227,7 @@ impl Replica for AutomergeReplica {
         for bytes in parsed.changes {
             let change = automerge::Change::from_bytes(bytes)
                 .map_err(|e| malformed(format!("change: {e}")))?;
-            let actor = change.actor_id().to_bytes();
-            if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
-                return Err(malformed(format!(
-                    "change by a writer id of {} bytes (1 to {MAX_ACTOR_LEN})",
-                    actor.len()
-                )));
-            }
-            if actor == GENESIS_ACTOR && change.hash() != genesis_hash() {
-                // Every node makes the genesis change itself.
-                return Err(ReplicaError::ForbiddenOperation(
-                    "change by the genesis writer",
-                ));
-            }
-            if change
-                .other_actor_ids()
-                .iter()
-                .any(|a| a.to_bytes() != GENESIS_ACTOR)
-            {
-                // Ledger writes reference no operation but the genesis
-                // change's maps.
-                return Err(ReplicaError::ForbiddenOperation(
-                    "change refers to other writers",
-                ));
-            }
+            check_writer(&change)?;
             parsed_changes.push(change);
         }
         let (units, changes, left_out) = self.in_writer_order(parsed_changes)?;
@@ -1295,8 +1343,18 @@ impl Replica for AutomergeReplica {
             .filter(|id| self.holds_unit(id))
             .copied()
             .collect();
+        let me = self.doc.get_actor().to_bytes().to_vec();
         for id in ready {
             if let Some(pairs) = self.queued.remove(&id) {
+                // The node's own change coming back (its save lost it):
+                // its pairs are the node's own again.
+                if self
+                    .doc
+                    .get_change_meta_by_hash(&ChangeHash(id))
+                    .is_some_and(|m| m.actor.to_bytes() == me)
+                {
+                    self.own.extend(pairs.iter().cloned());
+                }
                 self.add_to_map(pairs);
                 self.record(ChangeHash(id));
             }
@@ -1304,7 +1362,12 @@ impl Replica for AutomergeReplica {
         applied
     }
 
+    fn rewritten(&self) -> bool {
+        self.rewritten
+    }
+
     fn save(&mut self) -> Vec<u8> {
+        self.rewritten = false;
         self.saved_heads = self.doc.get_heads();
         self.doc.save_with_options(NO_ORPHANS)
     }
