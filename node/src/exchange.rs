@@ -400,8 +400,10 @@ fn pump(side: &mut Side<'_>, leave_rest: bool) -> Result<bool, ExchangeError> {
         }
         let received = match side.link.try_recv() {
             Ok(m) => m,
-            // A peer that hung up after this side finished: nothing lost.
-            Err(_) if side.conversation.is_done() && side.link.is_flushed() => {
+            // A peer that hung up after this side finished: this side has
+            // its outcome. (Frames of ours still waiting for credit were
+            // not needed: the peer finished without them.)
+            Err(_) if side.conversation.is_done() => {
                 return Ok(moved || step);
             }
             Err(e) => return Err(e.into()),
@@ -510,8 +512,14 @@ pub fn drive(mut side: Side<'_>, limit_ms: u64) -> Result<Ended, ExchangeError> 
             side.conversation.poll_timeout()
         };
         let deadline = next_timer_us([timer]).unwrap_or(limit_us).min(limit_us);
-        if side.link.wait(Some(deadline))? == Wait::Idle {
-            return Ok(Ended::Stalled);
+        match side.link.wait(Some(deadline)) {
+            Ok(Wait::Idle) => return Ok(Ended::Stalled),
+            Ok(_) => {}
+            // Done, and the peer hung up before returning credit for our
+            // last frames: it finished without them, and this side has its
+            // outcome.
+            Err(_) if done => return Ok(Ended::Finished),
+            Err(e) => return Err(e.into()),
         }
     }
 }
