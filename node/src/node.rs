@@ -74,7 +74,7 @@ impl Node {
         let store = Store::open(db)?;
         let actor = store.node_id()?;
         let stored = store.ledger()?;
-        let mut ledger_in_store = stored.is_some();
+        let ledger_in_store = stored.is_some();
         let increments = store.ledger_chunks()?.saturating_sub(1);
         let saved_aside = stored
             .as_ref()
@@ -87,11 +87,6 @@ impl Node {
             }
             None => PartialLedger::new(&actor, trust),
         };
-        // A ledger of an older layout was rewritten in memory: the next
-        // save must replace the stored form, not append to it.
-        if ledger.needs_full_save() {
-            ledger_in_store = false;
-        }
         // Headers of receipts committed after the last ledger save. Those
         // a rotation left out of the document on purpose stay out: settled
         // ones (held aside while the acknowledgement is held) and those of

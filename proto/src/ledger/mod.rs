@@ -27,9 +27,9 @@ pub use entry::{
     Entry, EntryError, EntryKind, allowance_key, header_key, headers_prefix, proofs_prefix,
 };
 pub use replica::{
-    AutomergeReplica, CLOCK_BUCKETS, ClockMessage, ClockPeer, GENESIS_ACTOR, Inspected, KeyValue,
-    MAX_ACTOR_LEN, MAX_CHANGE_BYTES, MAX_CLOCK_WRITERS, MAX_NEED, ParsedClock, Replica,
-    ReplicaError, SHARDS, SMALL_CLOCK, Unit, UnitId, shard_of,
+    AutomergeReplica, CLOCK_BUCKETS, ClockMessage, ClockPeer, Inspected, KeyValue, MAX_ACTOR_LEN,
+    MAX_CHANGE_BYTES, MAX_CLOCK_WRITERS, MAX_NEED, ParsedClock, Replica, ReplicaError, SMALL_CLOCK,
+    Unit, UnitId,
 };
 
 use crate::allowance::{Allowance, AllowanceId, TrustStore};
@@ -317,9 +317,7 @@ impl<R: Replica> PartialLedger<R> {
         actor: &[u8],
         trust: TrustStore,
     ) -> Result<Self, LedgerError> {
-        // Pairs the replica could not carry over from an older layout are
-        // held aside, like the aside part.
-        let (replica, left_over) = R::load(bytes, &Self::epoch_actor(actor, epoch))?;
+        let replica = R::load(bytes, &Self::epoch_actor(actor, epoch))?;
         let mut ledger = PartialLedger::new(actor, trust);
         ledger.epoch = epoch;
         let mut all = Vec::new();
@@ -338,7 +336,6 @@ impl<R: Replica> PartialLedger<R> {
             // is the replica's.
             all.extend(pairs.into_iter().filter(|(k, v)| !replica.contains(k, v)));
         }
-        all.extend(left_over);
         // Checked together: headers held aside may need an allowance of the
         // replica, and the other way round. The node's own saved ledger:
         // every entry was checked strictly when it entered; batch
@@ -354,14 +351,6 @@ impl<R: Replica> PartialLedger<R> {
             }
         }
         Ok(ledger)
-    }
-
-    /// Whether the ledger was loaded from a saved form of an older layout
-    /// and rewritten: its next save must be a full one ([`PartialLedger::save`]),
-    /// which replaces the stored form (an incremental save appended to the
-    /// old form would not load).
-    pub fn needs_full_save(&self) -> bool {
-        self.replica.rewritten()
     }
 
     /// The entries held aside (see [`PartialLedger::insert_urgent`]) as

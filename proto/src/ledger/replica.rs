@@ -10,9 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::transaction::Transactable;
-use automerge::{
-    ActorId, Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
-};
+use automerge::{ActorId, Automerge, ChangeHash, ROOT, ReadDoc, ScalarValue, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::encoding::Encode;
@@ -63,12 +61,6 @@ pub trait Replica: Sized {
     /// Every `(key, value)` pair this replica's own writer put (what a
     /// rotation writes again, protocol.md 9.8).
     fn own_entries(&self) -> Vec<KeyValue>;
-    /// Whether [`Replica::load`] rewrote a saved form of an older layout
-    /// (until the next full [`Replica::save`]): an incremental save would
-    /// not load after the old form.
-    fn rewritten(&self) -> bool {
-        false
-    }
     /// Every key with its values in byte order, the replica given up (a
     /// rotation moves them rather than copying them).
     fn into_map(self) -> BTreeMap<String, Vec<Vec<u8>>> {
@@ -119,11 +111,8 @@ pub trait Replica: Sized {
     /// What changed since the last `save` or `save_incremental`.
     fn save_incremental(&mut self) -> Vec<u8>;
     /// Loads a replica saved by [`Replica::save`] (followed by any number of
-    /// [`Replica::save_incremental`] outputs, concatenated), and the pairs
-    /// of the saved form the loaded replica does not hold: a saved form of
-    /// an older layout may hold pairs the current one cannot carry over.
-    /// The caller keeps them (the ledger holds them aside).
-    fn load(bytes: &[u8], actor: &[u8]) -> Result<(Self, Vec<KeyValue>), ReplicaError>;
+    /// [`Replica::save_incremental`] outputs, concatenated).
+    fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError>;
     /// An empty replica writing as `actor`.
     fn empty(actor: &[u8]) -> Self;
 
@@ -194,65 +183,14 @@ pub enum ReplicaError {
     Apply(String),
 }
 
-/// Nested maps the ledger's keys are spread over (protocol.md 9.7): a key
-/// lives in map [`shard_of`]`(key)` of the root. automerge places a new
-/// key by walking the operations of its map in order, so with one map of
-/// `n` keys every applied change cost O(n); with 256 maps it walks 1/256
-/// of them.
-pub const SHARDS: usize = 256;
-
-/// The writer of the genesis change, the one change that creates the
-/// [`SHARDS`] maps. Every node makes that change itself, identically (this
-/// writer, no dependencies, time 0, the maps in order), so it has one hash
-/// everywhere and the maps are the same objects in every document. No
-/// node writes under this id, and no change by it is accepted from a peer.
-/// Every other change names it (its writes go into the genesis maps), so
-/// it is one byte: a node's actor id is never this single byte.
-pub const GENESIS_ACTOR: &[u8] = &[0];
-
-/// The map of the root a ledger key lives in: the first byte of SHA-256 of
-/// the key (keys are not spread evenly by themselves: many share a prefix).
-pub fn shard_of(key: &str) -> usize {
-    use sha2::Digest as _;
-    usize::from(sha2::Sha256::digest(key.as_bytes())[0]) % SHARDS
-}
-
-/// A document holding only the genesis change, and the ids of its maps.
-fn genesis() -> &'static (Automerge, Vec<ObjId>) {
-    static GENESIS: std::sync::OnceLock<(Automerge, Vec<ObjId>)> = std::sync::OnceLock::new();
-    GENESIS.get_or_init(|| {
-        let mut doc = Automerge::new().with_actor(ActorId::from(GENESIS_ACTOR));
-        let mut tx = doc.transaction();
-        let mut shards = Vec::with_capacity(SHARDS);
-        for i in 0..SHARDS {
-            // Creating a map under a fresh key of the root cannot fail.
-            if let Ok(obj) = tx.put_object(ROOT, format!("{i:02x}"), ObjType::Map) {
-                shards.push(obj);
-            }
-        }
-        tx.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
-        (doc, shards)
-    })
-}
-
-/// The hash of the genesis change.
-fn genesis_hash() -> ChangeHash {
-    static HASH: std::sync::OnceLock<ChangeHash> = std::sync::OnceLock::new();
-    *HASH.get_or_init(|| genesis().0.get_heads()[0])
-}
-
-/// The automerge implementation: one automerge document whose
-/// [`SHARDS`] nested maps, made by the genesis change, hold the ledger's
-/// map between them.
+/// The automerge implementation: one automerge document whose root map is
+/// the ledger's map. Keys live directly in the root (nested maps created by
+/// two nodes concurrently would conflict as objects).
 pub struct AutomergeReplica {
     doc: Automerge,
-    /// The document's maps, by shard.
-    shards: Vec<ObjId>,
     /// The pairs this replica's own writer put into the document (few: a
     /// node writes what it was paid and the proofs it found).
     own: Vec<KeyValue>,
-    /// Loaded from the first layout and not fully saved since.
-    rewritten: bool,
     /// Heads as of the last save, for incremental saves.
     saved_heads: Vec<automerge::ChangeHash>,
     /// The document's root map as plain memory: every key with its values
@@ -479,7 +417,7 @@ impl ClockPeer {
 impl core::fmt::Debug for AutomergeReplica {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("AutomergeReplica")
-            .field("keys", &self.map.len())
+            .field("keys", &self.doc.length(ROOT))
             .finish()
     }
 }
@@ -501,98 +439,25 @@ fn add_value(values: &mut Vec<Vec<u8>>, value: Vec<u8>) {
     }
 }
 
-/// Every key of map `obj` of `doc` with its bytes values, in byte order.
-fn map_pairs(doc: &Automerge, obj: &ObjId) -> Vec<(String, Vec<Vec<u8>>)> {
-    let keys: Vec<String> = doc
-        .map_range(obj, ..)
-        .map(|item| item.key.to_string())
-        .collect();
-    let mut out = Vec::with_capacity(keys.len());
-    for key in keys {
-        let Ok(all) = doc.get_all(obj, key.as_str()) else {
-            continue;
-        };
-        let mut values: Vec<Vec<u8>> = Vec::with_capacity(all.len());
-        for (v, _) in all {
-            if let Value::Scalar(s) = v
-                && let ScalarValue::Bytes(b) = s.as_ref()
-            {
-                add_value(&mut values, b.clone());
-            }
-        }
-        out.push((key, values));
-    }
-    out
-}
-
-/// Checks who wrote a change a peer or an import brings, and whom it
-/// names: a writer id of 1 to [`MAX_ACTOR_LEN`] bytes, not the genesis
-/// actor (every node makes the genesis change itself), naming no writer
-/// but the genesis actor, and numbered after the genesis change (every
-/// honest change descends from it).
-fn check_writer(change: &automerge::Change) -> Result<(), ReplicaError> {
-    if change.actor_id().to_bytes() == GENESIS_ACTOR {
-        if change.hash() == genesis_hash() {
-            return Ok(());
-        }
-        return Err(ReplicaError::ForbiddenOperation(
-            "change by the genesis writer",
-        ));
-    }
-    let actor = change.actor_id().to_bytes();
-    if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
-        return Err(ReplicaError::Malformed(format!(
-            "change by a writer id of {} bytes (1 to {MAX_ACTOR_LEN})",
-            actor.len()
-        )));
-    }
-    if change
-        .other_actor_ids()
-        .iter()
-        .any(|a| a.to_bytes() != GENESIS_ACTOR)
-    {
-        // Ledger writes reference no operation but the genesis change's
-        // maps.
-        return Err(ReplicaError::ForbiddenOperation(
-            "change refers to other writers",
-        ));
-    }
-    if change.start_op().get() <= SHARDS as u64 {
-        return Err(ReplicaError::ForbiddenOperation(
-            "change numbered inside the genesis change",
-        ));
-    }
-    Ok(())
-}
-
 /// Checks one change's operations are ledger writes (a bytes value put
-/// under a key into the key's map of the genesis change, overwriting
-/// nothing) and lists them.
+/// into the root map under a key, overwriting nothing) and lists them.
 fn ledger_ops(
     change: &automerge::Change,
     out: &mut Vec<(String, Vec<u8>)>,
 ) -> Result<(), ReplicaError> {
     use automerge::legacy::{Key, ObjectId, OpType};
     for op in change.decode().operations {
+        if op.obj != ObjectId::Root {
+            return Err(ReplicaError::ForbiddenOperation(
+                "write outside the root map",
+            ));
+        }
         if op.insert || !op.pred.is_empty() {
             return Err(ReplicaError::ForbiddenOperation("insert or overwrite"));
         }
         let Key::Map(key) = op.key else {
             return Err(ReplicaError::ForbiddenOperation("sequence key"));
         };
-        // Map `i` is the genesis change's operation `i + 1`.
-        let in_its_map = match &op.obj {
-            ObjectId::Id(id) => {
-                id.1.to_bytes() == GENESIS_ACTOR
-                    && usize::try_from(id.0).ok() == Some(shard_of(&key) + 1)
-            }
-            ObjectId::Root => false,
-        };
-        if !in_its_map {
-            return Err(ReplicaError::ForbiddenOperation(
-                "write outside the key's map",
-            ));
-        }
         let OpType::Put(ScalarValue::Bytes(value)) = op.action else {
             return Err(ReplicaError::ForbiddenOperation("not a bytes value"));
         };
@@ -606,14 +471,11 @@ impl AutomergeReplica {
         ActorId::from(actor)
     }
 
-    /// A replica around a document that holds the genesis change, its map
-    /// read from the document.
+    /// A replica around a document, its map read from the document.
     fn from_doc(doc: Automerge, saved_heads: Vec<automerge::ChangeHash>) -> Self {
         let mut replica = AutomergeReplica {
             doc,
-            shards: genesis().1.clone(),
             own: Vec::new(),
-            rewritten: false,
             saved_heads,
             map: BTreeMap::new(),
             queued: HashMap::new(),
@@ -638,10 +500,7 @@ impl AutomergeReplica {
             .map(|m| (m.actor.to_bytes().to_vec(), m.seq, m.hash, m.start_op))
             .collect();
         for (actor, seq, hash, start_op) in metas {
-            // The genesis change is every node's: no clock lists it.
-            if actor != GENESIS_ACTOR {
-                self.add_to_writer(actor, seq, hash, start_op);
-            }
+            self.add_to_writer(actor, seq, hash, start_op);
         }
     }
 
@@ -656,12 +515,15 @@ impl AutomergeReplica {
     }
 
     /// Adds a change the document has just applied or committed to the
-    /// writers' index.
-    fn record(&mut self, hash: ChangeHash) {
-        if let Some(meta) = self.doc.get_change_meta_by_hash(&hash) {
-            let (actor, seq, start_op) = (meta.actor.to_bytes().to_vec(), meta.seq, meta.start_op);
-            self.add_to_writer(actor, seq, hash, start_op);
-        }
+    /// writers' index; whether this replica's own writer wrote it.
+    fn record(&mut self, hash: ChangeHash) -> bool {
+        let Some(meta) = self.doc.get_change_meta_by_hash(&hash) else {
+            return false;
+        };
+        let (actor, seq, start_op) = (meta.actor.to_bytes().to_vec(), meta.seq, meta.start_op);
+        let own = actor == self.doc.get_actor().to_bytes();
+        self.add_to_writer(actor, seq, hash, start_op);
+        own
     }
 
     /// The replica's clock entries in the buckets of `buckets` (see
@@ -796,11 +658,34 @@ impl AutomergeReplica {
 
     /// Reads the map from the document again (after a load or a merge).
     fn reread_map(&mut self) {
-        let mut map = BTreeMap::new();
-        for shard in &self.shards {
-            map.extend(map_pairs(&self.doc, shard));
+        let keys: Vec<String> = self
+            .doc
+            .map_range(ROOT, ..)
+            .map(|item| item.key.to_string())
+            .collect();
+        self.map = keys
+            .into_iter()
+            .map(|k| {
+                let v = self.doc_values(&k);
+                (k, v)
+            })
+            .collect();
+    }
+
+    /// Every value under `key` in the document, in byte order.
+    fn doc_values(&self, key: &str) -> Vec<Vec<u8>> {
+        let Ok(all) = self.doc.get_all(ROOT, key) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Vec<u8>> = Vec::with_capacity(all.len());
+        for (v, _) in all {
+            if let Value::Scalar(s) = v
+                && let ScalarValue::Bytes(b) = s.as_ref()
+            {
+                add_value(&mut out, b.clone());
+            }
         }
-        self.map = map;
+        out
     }
 
     /// Adds pairs the document now holds to the map.
@@ -825,7 +710,6 @@ impl AutomergeReplica {
         if self.holds_change(change) {
             return Ok(None);
         }
-        check_writer(change)?;
         let mut ops = Vec::new();
         ledger_ops(change, &mut ops)?;
         Ok(Some(Unit {
@@ -917,55 +801,10 @@ impl AutomergeReplica {
     /// number is this change (an index look-up; automerge's own builds
     /// the change's metadata).
     fn holds_change(&self, change: &automerge::Change) -> bool {
-        if change.actor_id().to_bytes() == GENESIS_ACTOR {
-            return change.hash() == genesis_hash();
-        }
         self.writers
             .get(change.actor_id().to_bytes())
             .and_then(|w| w.changes.get(&change.seq()))
             .is_some_and(|(h, _)| *h == change.hash())
-    }
-
-    /// A replica of the current layout holding what a document of the
-    /// first layout (every key in the root map, no genesis change) held,
-    /// as a rotation would (protocol.md 9.8): the pairs the node wrote
-    /// itself are written again as its own (one value per key), and every
-    /// other pair is returned for the caller to hold aside. Nothing is
-    /// lost, and nobody else's entries become this node's writes.
-    fn from_root_layout(old: &Automerge, actor: &[u8]) -> (Self, Vec<KeyValue>) {
-        use automerge::legacy::{Key, OpType};
-        let mut own_pairs = HashSet::new();
-        for change in old.get_changes(&[]) {
-            if change.actor_id().to_bytes() == actor {
-                for op in change.decode().operations {
-                    if let (Key::Map(key), OpType::Put(ScalarValue::Bytes(v))) = (op.key, op.action)
-                    {
-                        own_pairs.insert((key.to_string(), v));
-                    }
-                }
-            }
-        }
-        let mut replica = Self::empty(actor);
-        let mut own: Vec<KeyValue> = Vec::new();
-        let mut others = Vec::new();
-        for (key, values) in map_pairs(old, &ROOT) {
-            let mut written = false;
-            for v in values {
-                let pair = (key.clone(), v);
-                // One value per key in a document written anew.
-                if !written && own_pairs.contains(&pair) {
-                    written = true;
-                    own.push(pair);
-                } else {
-                    others.push(pair);
-                }
-            }
-        }
-        replica.put_all(&own);
-        // The new document starts the actor's sequence numbers again at 1:
-        // it must replace the old one in storage.
-        replica.rewritten = true;
-        (replica, others)
     }
 
     /// The pairs of the document's changes by its own writer, read from
@@ -1037,9 +876,8 @@ impl Replica for AutomergeReplica {
         let mut any = false;
         for (key, value) in entries {
             if !self.map.contains_key(key) {
-                // Putting into a map with a string key cannot fail.
-                let shard = &self.shards[shard_of(key)];
-                let _ = tx.put(shard, key.as_str(), ScalarValue::Bytes(value.clone()));
+                // Putting into the root map with a string key cannot fail.
+                let _ = tx.put(ROOT, key.as_str(), ScalarValue::Bytes(value.clone()));
                 self.map.insert(key.clone(), vec![value.clone()]);
                 self.own.push((key.clone(), value.clone()));
                 any = true;
@@ -1227,7 +1065,19 @@ impl Replica for AutomergeReplica {
         for bytes in parsed.changes {
             let change = automerge::Change::from_bytes(bytes)
                 .map_err(|e| malformed(format!("change: {e}")))?;
-            check_writer(&change)?;
+            let actor = change.actor_id().to_bytes();
+            if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
+                return Err(malformed(format!(
+                    "change by a writer id of {} bytes (1 to {MAX_ACTOR_LEN})",
+                    actor.len()
+                )));
+            }
+            if !change.other_actor_ids().is_empty() {
+                // Ledger writes reference no other writer's operations.
+                return Err(ReplicaError::ForbiddenOperation(
+                    "change refers to other writers",
+                ));
+            }
             parsed_changes.push(change);
         }
         let (units, changes, left_out) = self.in_writer_order(parsed_changes)?;
@@ -1343,31 +1193,20 @@ impl Replica for AutomergeReplica {
             .filter(|id| self.holds_unit(id))
             .copied()
             .collect();
-        let me = self.doc.get_actor().to_bytes().to_vec();
         for id in ready {
             if let Some(pairs) = self.queued.remove(&id) {
                 // The node's own change coming back (its save lost it):
                 // its pairs are the node's own again.
-                if self
-                    .doc
-                    .get_change_meta_by_hash(&ChangeHash(id))
-                    .is_some_and(|m| m.actor.to_bytes() == me)
-                {
+                if self.record(ChangeHash(id)) {
                     self.own.extend(pairs.iter().cloned());
                 }
                 self.add_to_map(pairs);
-                self.record(ChangeHash(id));
             }
         }
         applied
     }
 
-    fn rewritten(&self) -> bool {
-        self.rewritten
-    }
-
     fn save(&mut self) -> Vec<u8> {
-        self.rewritten = false;
         self.saved_heads = self.doc.get_heads();
         self.doc.save_with_options(NO_ORPHANS)
     }
@@ -1378,11 +1217,8 @@ impl Replica for AutomergeReplica {
         bytes
     }
 
-    fn load(bytes: &[u8], actor: &[u8]) -> Result<(Self, Vec<KeyValue>), ReplicaError> {
+    fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError> {
         let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
-        if doc.get_change_meta_by_hash(&genesis_hash()).is_none() {
-            return Ok(Self::from_root_layout(&doc, actor));
-        }
         let saved_heads = doc.get_heads();
         let mut replica =
             AutomergeReplica::from_doc(doc.with_actor(Self::actor(actor)), saved_heads);
@@ -1391,12 +1227,11 @@ impl Replica for AutomergeReplica {
         if !replica.doc.get_missing_deps(&[]).is_empty() {
             replica.drop_waiting_units();
         }
-        Ok((replica, Vec::new()))
+        Ok(replica)
     }
 
     fn empty(actor: &[u8]) -> Self {
-        let doc = genesis().0.clone().with_actor(Self::actor(actor));
-        AutomergeReplica::from_doc(doc, Vec::new())
+        AutomergeReplica::from_doc(Automerge::new().with_actor(Self::actor(actor)), Vec::new())
     }
 
     fn encode_peer_state(_: &ClockPeer) -> Vec<u8> {
