@@ -28,6 +28,7 @@ pub mod devices;
 pub mod limit;
 pub mod link;
 pub mod output;
+pub mod parallel;
 pub mod payment;
 pub mod plot;
 pub mod push;

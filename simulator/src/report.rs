@@ -542,13 +542,13 @@ impl Report {
         }
 
         // Costs.
-        let mut rows = Vec::new();
         let merchants = sim.scenario.merchants.count as usize;
-        for (i, d) in sim.devices.iter_mut().enumerate() {
+        let devices: Vec<_> = sim.devices.iter_mut().enumerate().collect();
+        let rows: Vec<DeviceRow> = crate::parallel::map(sim.threads, devices, |(i, d)| {
             // The saved ledger with what it holds aside, as a node stores it.
             let storage = (d.ledger.save().len() + d.ledger.save_aside().len()) as u64
                 + d.receipts * RECEIPT_BYTES;
-            rows.push(DeviceRow {
+            DeviceRow {
                 device: i as u32,
                 role: if i < merchants { "merchant" } else { "carrier" },
                 gateway: d.gateway,
@@ -557,8 +557,8 @@ impl Report {
                 ledger_entries: d.ledger.held_len(),
                 storage_bytes: storage,
                 receipts: d.receipts,
-            });
-        }
+            }
+        });
         let mid_max = |mut v: Vec<u64>| {
             v.sort_unstable();
             (

@@ -1,6 +1,9 @@
 //! The discrete-event loop: payments at their instants, a tick per sync
-//! interval (contacts, sessions, uplinks), replays; one thread, one seeded
-//! random stream, so the same seed gives the same run on any machine.
+//! interval (contacts, sessions, uplinks), replays; one seeded random
+//! stream, so the same seed gives the same run on any machine. The sessions
+//! of a sync round that share no device, and the rotations at midnight, run
+//! on several threads when asked (`Simulation::threads`), with the same
+//! result as on one.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -9,7 +12,7 @@ use chacha20::ChaCha8Rng;
 use meshpay_proto::prelude::*;
 use rand::{RngExt, SeedableRng};
 
-use crate::devices::{Behaviour, LedgerDevice, Wallet, pair_mut};
+use crate::devices::{Behaviour, LedgerDevice, Wallet};
 use crate::limit::{ContactHistory, Windows};
 use crate::link::{LinkKind, LinkModel};
 use crate::payment::{self, PaymentEnd};
@@ -167,6 +170,10 @@ pub struct Simulation {
     pub rotations: RotationCounts,
     /// Whether ledgers rotate (`--no-rotate` turns it off, to compare).
     pub rotate: bool,
+    /// Threads for the sessions of a sync round and the rotations (1 by
+    /// default; `meshpay-sim run` uses every core). The output is the
+    /// same on any number.
+    pub threads: usize,
     issuer: SecretKey,
     acks_issued: u64,
     start: Timestamp,
@@ -310,6 +317,7 @@ impl Simulation {
             settlement,
             rotations: RotationCounts::default(),
             rotate: true,
+            threads: 1,
             issuer,
             acks_issued: 0,
             ble: LinkModel::new(LinkKind::Ble, &scenario),
@@ -483,19 +491,24 @@ impl Simulation {
         let now = self.wall(t);
         let policy = RetentionPolicy::default();
         let mut crossed = false;
-        for d in &mut self.devices {
+        // Each ledger rotates on its own: on all threads, summed in
+        // device order.
+        let devices: Vec<&mut LedgerDevice> = self.devices.iter_mut().collect();
+        let rotated = crate::parallel::map(self.threads, devices, |d| {
             // The first tick moves every new (empty) ledger out of epoch 0
             // into the day the run starts in: not a boundary crossed.
             let first = d.ledger.epoch() == 0;
-            if let Some(r) = d.ledger.advance(now, &policy) {
-                crossed |= !first;
-                self.rotations.kept += r.kept as u64;
-                self.rotations.written += r.written as u64;
-                self.rotations.dropped += r.dropped as u64;
-                d.dropped += r.dropped as u64;
-                d.peers.clear();
-                d.touch();
-            }
+            let r = d.ledger.advance(now, &policy)?;
+            d.dropped += r.dropped as u64;
+            d.peers.clear();
+            d.touch();
+            Some((first, r))
+        });
+        for (first, r) in rotated.into_iter().flatten() {
+            crossed |= !first;
+            self.rotations.kept += r.kept as u64;
+            self.rotations.written += r.written as u64;
+            self.rotations.dropped += r.dropped as u64;
         }
         self.rotations.epochs += u64::from(crossed);
     }
@@ -506,75 +519,157 @@ impl Simulation {
             let j = self.rng.random_range(0..=i);
             contacts.swap(i, j);
         }
+        // Each session draws its link's losses from a stream of its own,
+        // seeded here in contact order: what a session meets does not
+        // depend on the thread that runs it.
+        let seeds: Vec<u64> = contacts.iter().map(|_| self.rng.random()).collect();
+        // Waves: a contact goes into the wave after the last one holding
+        // either of its devices, so each device's sessions keep the order
+        // of the list, and the sessions of a wave share no device.
         let n = self.devices.len();
+        let mut next_wave = vec![0usize; n];
+        let mut waves: Vec<Vec<usize>> = Vec::new();
+        for (i, c) in contacts.iter().enumerate() {
+            let (a, b) = (c.a as usize, c.b as usize);
+            let w = next_wave[a].max(next_wave[b]);
+            if waves.len() <= w {
+                waves.push(Vec::new());
+            }
+            waves[w].push(i);
+            next_wave[a] = w + 1;
+            next_wave[b] = w + 1;
+        }
         let mut used = vec![0u32; n];
         let mut busy = vec![t; n];
-        for c in contacts {
-            let (a, b) = (c.a as usize, c.b as usize);
-            let limit = match c.kind {
-                LinkKind::Ble => self
-                    .scenario
-                    .sync_fanout
-                    .min(self.scenario.ble.max_connections),
-                LinkKind::Lan => self.scenario.sync_fanout,
-            };
-            if used[a] >= limit || used[b] >= limit {
-                self.sessions.skipped_busy += 1;
-                continue;
+        for wave in waves {
+            let mut jobs = Vec::with_capacity(wave.len());
+            for i in wave {
+                let c = contacts[i];
+                let (a, b) = (c.a as usize, c.b as usize);
+                let limit = match c.kind {
+                    LinkKind::Ble => self
+                        .scenario
+                        .sync_fanout
+                        .min(self.scenario.ble.max_connections),
+                    LinkKind::Lan => self.scenario.sync_fanout,
+                };
+                if used[a] >= limit || used[b] >= limit {
+                    self.sessions.skipped_busy += 1;
+                    continue;
+                }
+                if self
+                    .backoff
+                    .get(&(c.a, c.b))
+                    .is_some_and(|&(until, _)| t < until)
+                {
+                    self.sessions.skipped_backoff += 1;
+                    continue;
+                }
+                jobs.push((c, busy[a].max(busy[b]), seeds[i]));
             }
-            if self
-                .backoff
-                .get(&(c.a, c.b))
-                .is_some_and(|&(until, _)| t < until)
-            {
-                self.sessions.skipped_backoff += 1;
-                continue;
-            }
-            // What the LAN pushed before this session starts is there.
-            self.deliver_until(busy[a].max(busy[b]));
-            let (da, db) = pair_mut(&mut self.devices, a, b);
-            if da.digest() == db.digest() {
-                self.sessions.skipped_in_sync += 1;
-                continue;
-            }
-            used[a] += 1;
-            used[b] += 1;
-            let link = match c.kind {
-                LinkKind::Ble => &self.ble,
-                LinkKind::Lan => &self.lan,
-            };
-            let t0 = busy[a].max(busy[b]);
-            let r = session::run((c.a, da), (c.b, db), link, t0, &mut self.rng);
-            let t_end = t0 + (r.elapsed_us / 1000.0) as SimTime;
-            busy[a] = t_end;
-            busy[b] = t_end;
-            // A finished session's new proofs go to the LAN at once.
-            let end_us = t0 as f64 * 1000.0 + r.elapsed_us;
-            let [learnt_a, learnt_b] = r.learnt;
-            self.publish(c.a, learnt_a, end_us);
-            self.publish(c.b, learnt_b, end_us);
-            *self.sessions.by_end.entry(r.end).or_default() += 1;
-            self.events += 1;
-            self.sessions.urgent_bytes += r.urgent_bytes;
-            let honest = self.devices[a].behaviour == Behaviour::Honest
-                && self.devices[b].behaviour == Behaviour::Honest;
-            if let (true, Some(why)) = (honest, r.refusal) {
-                *self.sessions.honest_refusals.entry(why).or_default() += 1;
-            }
-            // A node's policy, not the protocol's: after a failed session
-            // leave that peer alone for a while, doubling up to 16
-            // intervals (an honest peer can fail too: see the honest
-            // refusals counted above).
-            if matches!(r.end, SessionEnd::Agreed) {
-                self.backoff.remove(&(c.a, c.b));
-            } else {
-                let interval = self.scenario.sync_interval_s * 1000;
-                let e = self.backoff.entry((c.a, c.b)).or_insert((0, 0));
-                e.1 = (e.1 + 1).min(4);
-                let wait = interval << e.1;
-                e.0 = t + wait;
+            self.deliver_before_wave(&jobs);
+            let results = self.run_wave(&jobs);
+            for ((c, t0, _), r) in jobs.into_iter().zip(results) {
+                let (a, b) = (c.a as usize, c.b as usize);
+                let Some(r) = r else {
+                    self.sessions.skipped_in_sync += 1;
+                    continue;
+                };
+                used[a] += 1;
+                used[b] += 1;
+                let t_end = t0 + (r.elapsed_us / 1000.0) as SimTime;
+                busy[a] = t_end;
+                busy[b] = t_end;
+                // A finished session's new proofs go to the LAN at once.
+                let end_us = t0 as f64 * 1000.0 + r.elapsed_us;
+                let [learnt_a, learnt_b] = r.learnt;
+                self.publish(c.a, learnt_a, end_us);
+                self.publish(c.b, learnt_b, end_us);
+                *self.sessions.by_end.entry(r.end).or_default() += 1;
+                self.events += 1;
+                self.sessions.urgent_bytes += r.urgent_bytes;
+                let honest = self.devices[a].behaviour == Behaviour::Honest
+                    && self.devices[b].behaviour == Behaviour::Honest;
+                if let (true, Some(why)) = (honest, r.refusal) {
+                    *self.sessions.honest_refusals.entry(why).or_default() += 1;
+                }
+                // A node's policy, not the protocol's: after a failed session
+                // leave that peer alone for a while, doubling up to 16
+                // intervals (an honest peer can fail too: see the honest
+                // refusals counted above).
+                if matches!(r.end, SessionEnd::Agreed) {
+                    self.backoff.remove(&(c.a, c.b));
+                } else {
+                    let interval = self.scenario.sync_interval_s * 1000;
+                    let e = self.backoff.entry((c.a, c.b)).or_insert((0, 0));
+                    e.1 = (e.1 + 1).min(4);
+                    let wait = interval << e.1;
+                    e.0 = t + wait;
+                }
             }
         }
+    }
+
+    /// Delivers what the LAN pushed up to the latest start of the wave's
+    /// sessions, except to a device of the wave the copies that arrive
+    /// after its own session starts: those wait for a later wave or event.
+    fn deliver_before_wave(&mut self, jobs: &[(Contact, SimTime, u64)]) {
+        let Some(last) = jobs.iter().map(|&(_, t0, _)| t0).max() else {
+            return;
+        };
+        let starts: BTreeMap<DeviceId, SimTime> = jobs
+            .iter()
+            .flat_map(|&(c, t0, _)| [(c.a, t0), (c.b, t0)])
+            .collect();
+        let mut later = Vec::new();
+        while let Some(&Reverse(copy)) = self.deliveries.peek() {
+            let (at, _, id, to) = copy;
+            if at > last || at > self.end {
+                break;
+            }
+            self.deliveries.pop();
+            if starts.get(&to).is_some_and(|&t0| at > t0) {
+                later.push(Reverse(copy));
+                continue;
+            }
+            self.events += 1;
+            self.deliver(at, id, to);
+        }
+        self.deliveries.extend(later);
+    }
+
+    /// Runs the sessions of one wave (`(contact, start, seed)`, no device in
+    /// two of them) on `self.threads` threads. `None`: the two ledgers had
+    /// equal digests, so no session ran (as the BLE advertisement and the
+    /// hello let real peers skip it).
+    fn run_wave(
+        &mut self,
+        jobs: &[(Contact, SimTime, u64)],
+    ) -> Vec<Option<session::SessionResult>> {
+        let mut slots: Vec<Option<&mut LedgerDevice>> = self.devices.iter_mut().map(Some).collect();
+        let mut items = Vec::with_capacity(jobs.len());
+        for &(c, t0, seed) in jobs {
+            let da = slots[c.a as usize].take();
+            let db = slots[c.b as usize].take();
+            // Waves never hold a device twice, and a contact joins two
+            // different devices; a job without both is skipped.
+            if let (Some(da), Some(db)) = (da, db) {
+                items.push((c, t0, seed, da, db));
+            }
+        }
+        debug_assert_eq!(items.len(), jobs.len());
+        let (ble, lan) = (&self.ble, &self.lan);
+        crate::parallel::map(self.threads, items, |(c, t0, seed, da, db)| {
+            if da.digest() == db.digest() {
+                return None;
+            }
+            let link = match c.kind {
+                LinkKind::Ble => ble,
+                LinkKind::Lan => lan,
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            Some(session::run((c.a, da), (c.b, db), link, t0, &mut rng))
+        })
     }
 
     fn uplink(&mut self, t: SimTime) {
