@@ -135,15 +135,3 @@ impl Wallet {
         self.double_spender || self.clone_of.is_some()
     }
 }
-
-/// Two distinct elements of a slice, mutably.
-pub fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
-    assert_ne!(a, b, "a device does not sync with itself");
-    if a < b {
-        let (x, y) = v.split_at_mut(b);
-        (&mut x[a], &mut y[0])
-    } else {
-        let (x, y) = v.split_at_mut(a);
-        (&mut y[0], &mut x[b])
-    }
-}

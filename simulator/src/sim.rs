@@ -647,19 +647,23 @@ impl Simulation {
         jobs: &[(Contact, SimTime, u64)],
     ) -> Vec<Option<session::SessionResult>> {
         let mut slots: Vec<Option<&mut LedgerDevice>> = self.devices.iter_mut().map(Some).collect();
-        let mut items = Vec::with_capacity(jobs.len());
-        for &(c, t0, seed) in jobs {
-            let da = slots[c.a as usize].take();
-            let db = slots[c.b as usize].take();
-            // Waves never hold a device twice, and a contact joins two
-            // different devices; a job without both is skipped.
-            if let (Some(da), Some(db)) = (da, db) {
-                items.push((c, t0, seed, da, db));
-            }
-        }
-        debug_assert_eq!(items.len(), jobs.len());
+        // Waves never hold a device twice, and a contact joins two
+        // different devices, so every job finds both; one result per job,
+        // in job order, whatever happens.
+        let items: Vec<_> = jobs
+            .iter()
+            .map(|&(c, t0, seed)| {
+                let da = slots[c.a as usize].take();
+                let db = slots[c.b as usize].take();
+                (c, t0, seed, da, db)
+            })
+            .collect();
         let (ble, lan) = (&self.ble, &self.lan);
         crate::parallel::map(self.threads, items, |(c, t0, seed, da, db)| {
+            debug_assert!(da.is_some() && db.is_some(), "a device twice in one wave");
+            let (Some(da), Some(db)) = (da, db) else {
+                return None;
+            };
             if da.digest() == db.digest() {
                 return None;
             }
