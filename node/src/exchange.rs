@@ -86,6 +86,12 @@ pub trait Conversation {
     /// Handles one message from the peer (without the channel byte).
     fn handle(&mut self, node: &mut Node, message: &[u8], now: Millis)
     -> Result<(), ExchangeError>;
+    /// Called before messages are taken for the link: stores what must be
+    /// on disk before they leave. Nothing by default (a payment side's
+    /// effects store their own).
+    fn before_transmit(&mut self, _node: &mut Node) -> Result<(), ExchangeError> {
+        Ok(())
+    }
     /// The next message to send, if any.
     fn poll_transmit(&mut self) -> Option<Vec<u8>>;
     /// When [`Conversation::handle_timeout`] wants to be called.
@@ -327,6 +333,10 @@ impl Conversation for SyncSide {
         Ok(self.session.handle_frame(node.ledger_mut(), message, now)?)
     }
 
+    fn before_transmit(&mut self, node: &mut Node) -> Result<(), ExchangeError> {
+        Ok(node.store_own_writes()?)
+    }
+
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.session.poll_transmit()
     }
@@ -388,6 +398,7 @@ fn pump(side: &mut Side<'_>, leave_rest: bool) -> Result<bool, ExchangeError> {
     let mut moved = false;
     loop {
         let mut step = false;
+        side.conversation.before_transmit(side.node)?;
         while let Some(body) = side.conversation.poll_transmit() {
             let mut message = Vec::with_capacity(body.len() + 1);
             message.push(channel);

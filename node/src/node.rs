@@ -300,9 +300,11 @@ impl Node {
     }
 
     /// Puts a header this node was party to into the ledger. The ledger is
-    /// saved later (after syncs and on a timer): the receipt, committed
-    /// before this, is the durable record, and [`Node::open`] puts the
-    /// headers of stored receipts back into the ledger.
+    /// saved later (before the change can leave in a sync, see
+    /// [`Node::store_own_writes`], after syncs and on a timer): the
+    /// receipt, committed before this, is the durable record, and
+    /// [`Node::open`] puts the headers of stored receipts back into the
+    /// ledger.
     fn learn_header(&mut self, header: SignedHeader) -> Result<Inserted, NodeError> {
         Ok(self.ledger.insert(Entry::Header(header))?)
     }
@@ -338,6 +340,20 @@ impl Node {
             "ledger rotated into a new epoch"
         );
         Ok(Some(rotation))
+    }
+
+    /// Stores the ledger if this node wrote into it since the last save
+    /// (a payment it took, a proof it found, a join of heads). Called
+    /// before every sync message leaves: a change of the node's own must
+    /// be on disk before a peer can hold it. A node that restarted without
+    /// it would write another change under the same sequence number, and
+    /// every peer holding the first would refuse the second (protocol.md
+    /// 9.7). Changes received from peers may wait: a peer sends them again.
+    pub fn store_own_writes(&mut self) -> Result<(), NodeError> {
+        if self.ledger.has_unsaved_own_writes() {
+            self.persist_ledger()?;
+        }
+        Ok(())
     }
 
     /// Appends what changed in the ledger to the store.

@@ -288,3 +288,92 @@ fn a_rotation_is_stored_at_once_and_settled_receipts_stay_out_of_the_document() 
         .collect();
     assert_eq!(in_document, vec![2]);
 }
+
+/// Two nodes in `dir`, "a" (wallet key 3) and "b" (wallet key 5), trusting
+/// issuer key 1: their database paths, the issuer and the trust store.
+fn two_nodes(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    SecretKey,
+    TrustStore,
+) {
+    let issuer = key(1);
+    let trust = TrustStore::new(issuer.public());
+    (dir.join("a.redb"), dir.join("b.redb"), issuer, trust)
+}
+
+/// `node` is paid, as its payee side does it: the receipt committed, then
+/// allowance and header into the ledger as one change, not saved yet.
+fn take_payment(node: &mut meshpay_node::node::Node, paid: &Receipt, issuer: &SecretKey) {
+    node.store()
+        .commit_receipt(paid, Role::Received)
+        .expect("receipt");
+    node.ledger_mut()
+        .insert_payment(allowance(issuer), paid.transfer.signed_header())
+        .expect("payment");
+}
+
+/// Whether `node`'s ledger holds the header of `r`.
+fn holds(node: &meshpay_node::node::Node, r: &Receipt) -> bool {
+    node.ledger()
+        .all_headers()
+        .contains(&r.transfer.signed_header())
+}
+
+/// A change of the node's own that left in a sync is on disk before it
+/// left. Otherwise a node that stopped before its next save would, after
+/// a restart, write other changes under the same sequence numbers, and a
+/// peer holding the first would never take anything the node writes in
+/// the rest of the epoch.
+#[test]
+fn a_change_that_left_in_a_sync_was_stored_before_it_left() {
+    use meshpay_node::exchange::{Side, SyncSide, drive_pair};
+    use meshpay_node::local;
+    use meshpay_node::node::Node;
+    use meshpay_node::transport::MemoryLink;
+    use meshpay_proto::ledger::Entry;
+    use meshpay_proto::sync::SyncConfig;
+    use meshpay_proto::time::Millis;
+    let dir = tempfile::tempdir().expect("dir");
+    let (path_a, path_b, issuer, trust) = two_nodes(dir.path());
+    let mut a = Node::open("a", &path_a, key(3), trust.clone()).expect("node a");
+    let mut b = Node::open("b", &path_b, key(5), trust.clone()).expect("node b");
+    let paid = receipt(1);
+    take_payment(&mut a, &paid, &issuer);
+    // A session carries it to B; A stops before saving anything after it.
+    let config = SyncConfig::default();
+    let mut sa = SyncSide::new(&a, config, Millis(0));
+    let mut sb = SyncSide::new(&b, config, Millis(0));
+    let (mut la, mut lb) = MemoryLink::pair();
+    drive_pair(
+        Side {
+            node: &mut a,
+            conversation: &mut sa,
+            link: &mut la,
+        },
+        Side {
+            node: &mut b,
+            conversation: &mut sb,
+            link: &mut lb,
+        },
+        60_000,
+    )
+    .expect("sync");
+    let header = |r: &Receipt| r.transfer.signed_header();
+    assert!(holds(&b, &paid), "B took A's payment");
+    drop(a);
+    // A restarts and is paid again; the next session brings that to B.
+    let mut a = Node::open("a", &path_a, key(3), trust).expect("reopen a");
+    assert!(holds(&a, &paid), "the change that left was stored");
+    let again = receipt(2);
+    a.store()
+        .commit_receipt(&again, Role::Received)
+        .expect("receipt");
+    a.ledger_mut()
+        .insert(Entry::Header(header(&again)))
+        .expect("second payment");
+    local::sync(&mut a, &mut b).expect("second sync");
+    assert!(holds(&b, &again), "B takes what A wrote after its restart");
+}

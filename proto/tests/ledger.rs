@@ -290,6 +290,34 @@ fn save_load_and_incremental_saves_round_trip() {
     assert!(back.has_conflict(&a.id));
 }
 
+/// What a node must store before a sync message leaves (protocol.md 9.7):
+/// its own writes, not what it received.
+#[test]
+fn own_writes_are_unsaved_until_a_save_and_received_ones_never_are() {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(1, &[1]);
+    assert!(l.has_unsaved_own_writes(), "the allowance was written");
+    let stored = l.save();
+    assert!(!l.has_unsaved_own_writes());
+    let mut back = Ledger::load(&stored, 0, &[1; 16], trust()).expect("loads");
+    assert!(!back.has_unsaved_own_writes(), "a load is saved");
+    l.insert(Entry::Header(header(&k, &a, 1, 100, 1)))
+        .expect("h1");
+    assert!(l.has_unsaved_own_writes());
+    let _ = l.save_incremental();
+    assert!(!l.has_unsaved_own_writes());
+    // Another node's changes arriving in a session are not its own.
+    let mut peer = ledger(2);
+    let _ = peer.save();
+    sync_with(&mut peer, &mut l, SyncConfig::default()).expect("sync");
+    assert_eq!(peer.digest(), l.digest());
+    assert!(!peer.has_unsaved_own_writes(), "received changes only");
+    // The reloaded copy that writes again has its own change to store.
+    back.insert(Entry::Header(header(&k, &a, 2, 200, 1)))
+        .expect("h2");
+    assert!(back.has_unsaved_own_writes());
+}
+
 #[test]
 fn damaged_saved_bytes_are_an_error() {
     let (k, a) = wallet(1);

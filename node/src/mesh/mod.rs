@@ -738,6 +738,16 @@ impl Mesh {
                 };
             }
         }
+        // What this node wrote (a proof found in the merge, a join of
+        // heads) is stored before the answer can carry it.
+        if let Err(e) = self.node.store_own_writes() {
+            tracing::error!(error = %e, "could not store the ledger; sync answer withheld");
+            self.answering.remove(&peer);
+            return MeshResponse::Refused("ledger not stored".into());
+        }
+        let Some(session) = self.answering.get_mut(&peer) else {
+            return MeshResponse::Refused("no session".into());
+        };
         let mut out = Vec::new();
         while let Some(f) = session.poll_transmit() {
             out.push(f);
@@ -1325,6 +1335,12 @@ impl Mesh {
     }
 
     fn send_sync_round(&mut self, peer: PeerId, mut out: Outgoing) {
+        // What this node wrote since the last save (a payment it took, a
+        // proof it found) is stored before a frame can carry it.
+        if let Err(e) = self.node.store_own_writes() {
+            tracing::error!(error = %e, "could not store the ledger; no sync until it is");
+            return;
+        }
         let mut frames = Vec::new();
         while let Some(f) = out.session.poll_transmit() {
             frames.push(f);

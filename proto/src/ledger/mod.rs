@@ -466,6 +466,14 @@ impl<R: Replica> PartialLedger<R> {
         self.replica.save_incremental()
     }
 
+    /// Whether the node wrote into the document since the last save or
+    /// load (a payment, a proof, a rotation, a join of heads). A node
+    /// stores such a change before any sync message leaves: see
+    /// [`Replica::has_unsaved_own_writes`].
+    pub fn has_unsaved_own_writes(&self) -> bool {
+        self.replica.has_unsaved_own_writes()
+    }
+
     /// The epoch: how many times the ledger has been rotated.
     pub fn epoch(&self) -> u64 {
         self.epoch

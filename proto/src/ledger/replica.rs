@@ -110,6 +110,11 @@ pub trait Replica: Sized {
     fn save(&mut self) -> Vec<u8>;
     /// What changed since the last `save` or `save_incremental`.
     fn save_incremental(&mut self) -> Vec<u8>;
+    /// Whether this replica's own writer made a change since the last
+    /// `save`, `save_incremental` or `load`. Such a change must be stored
+    /// before a peer can receive it: a replica loaded without it would
+    /// make another change under the same sequence number (9.7).
+    fn has_unsaved_own_writes(&self) -> bool;
     /// Loads a replica saved by [`Replica::save`] (followed by any number of
     /// [`Replica::save_incremental`] outputs, concatenated).
     fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError>;
@@ -193,6 +198,8 @@ pub struct AutomergeReplica {
     own: Vec<KeyValue>,
     /// Heads as of the last save, for incremental saves.
     saved_heads: Vec<automerge::ChangeHash>,
+    /// The own writer's last sequence number as of the last save or load.
+    saved_own_seq: u64,
     /// The document's root map as plain memory: every key with its values
     /// in byte order. The ledger reads it on every entry it checks;
     /// automerge's own look-up (a seek through its op columns) cost more
@@ -477,6 +484,7 @@ impl AutomergeReplica {
             doc,
             own: Vec::new(),
             saved_heads,
+            saved_own_seq: 0,
             map: BTreeMap::new(),
             queued: HashMap::new(),
             writers: BTreeMap::new(),
@@ -487,6 +495,13 @@ impl AutomergeReplica {
         replica.reindex_writers();
         replica.own = replica.doc_own_entries();
         replica
+    }
+
+    /// The own writer's last sequence number (0 before its first change).
+    fn own_seq(&self) -> u64 {
+        self.writers
+            .get(self.doc.get_actor().to_bytes())
+            .map_or(0, |w| w.last)
     }
 
     /// Lists the document's changes by writer again (after a load or a
@@ -1208,13 +1223,19 @@ impl Replica for AutomergeReplica {
 
     fn save(&mut self) -> Vec<u8> {
         self.saved_heads = self.doc.get_heads();
+        self.saved_own_seq = self.own_seq();
         self.doc.save_with_options(NO_ORPHANS)
     }
 
     fn save_incremental(&mut self) -> Vec<u8> {
         let bytes = self.doc.save_after(&self.saved_heads);
         self.saved_heads = self.doc.get_heads();
+        self.saved_own_seq = self.own_seq();
         bytes
+    }
+
+    fn has_unsaved_own_writes(&self) -> bool {
+        self.own_seq() > self.saved_own_seq
     }
 
     fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError> {
@@ -1222,6 +1243,7 @@ impl Replica for AutomergeReplica {
         let saved_heads = doc.get_heads();
         let mut replica =
             AutomergeReplica::from_doc(doc.with_actor(Self::actor(actor)), saved_heads);
+        replica.saved_own_seq = replica.own_seq();
         // Saves by older versions kept changes that waited for missing
         // dependencies; nothing here knows whether they were checked.
         if !replica.doc.get_missing_deps(&[]).is_empty() {
