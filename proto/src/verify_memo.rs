@@ -1,5 +1,5 @@
-//! An opt-in, process-wide memo of pure cryptographic results, for
-//! simulators.
+//! An opt-in, process-wide memo of pure results (mostly cryptographic),
+//! for simulators.
 //!
 //! A simulator runs hundreds of devices in one process, and each of them
 //! does the same work on the same entries as they spread: the same
@@ -7,7 +7,9 @@
 //! same allowance's keys are decompressed, the same entry is mapped to its
 //! ledger digest element. Each of these is a pure function of its input
 //! (an Ed25519 verification of (key, message, signature), a point
-//! decompression of 32 bytes, a hash-to-point of 64 bytes), so remembering
+//! decompression of 32 bytes, a hash-to-point of 64 bytes, whether an
+//! automerge change named by its SHA-256 hash is in automerge's own
+//! encoding), so remembering
 //! its result changes no outcome; it only saves the simulator's CPU (on
 //! the devices themselves every check still costs what it costs).
 //!
@@ -32,6 +34,7 @@ pub fn enable() {
     let _ = MEMO.set(Mutex::new(HashMap::new()));
     let _ = KEYS.set(Mutex::new(HashMap::new()));
     let _ = POINTS.set(Mutex::new(HashMap::new()));
+    let _ = CANONICAL.set(Mutex::new(HashMap::new()));
 }
 
 /// Whether [`enable`] was called.
@@ -116,4 +119,14 @@ pub(crate) fn point(
     map: impl FnOnce() -> curve25519_dalek::RistrettoPoint,
 ) -> curve25519_dalek::RistrettoPoint {
     memoised(&POINTS, *wide, map)
+}
+
+/// Whether an automerge change (named by its hash, SHA-256 over its
+/// bytes) is in automerge's own encoding.
+static CANONICAL: OnceLock<Mutex<HashMap<[u8; 32], bool>>> = OnceLock::new();
+
+/// Whether the change of hash `hash` is in automerge's own encoding,
+/// remembered when the memo is on.
+pub(crate) fn canonical(hash: &[u8; 32], check: impl FnOnce() -> bool) -> bool {
+    memoised(&CANONICAL, *hash, check)
 }

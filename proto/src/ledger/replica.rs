@@ -269,6 +269,9 @@ struct Writer {
     /// counter (a change's counter is above every counter of the changes
     /// it depends on, so sorting by it puts causes first).
     changes: BTreeMap<u64, (ChangeHash, u64)>,
+    /// The last operation counter of the highest change held (its next
+    /// change must start above it: see `in_writer_order`).
+    last_max_op: u64,
     /// The highest `n` such that changes `1..=n` are all held: the
     /// writer's entry in the clock.
     upto: u64,
@@ -279,11 +282,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn add(&mut self, seq: u64, hash: ChangeHash, start_op: u64) {
+    fn add(&mut self, seq: u64, hash: ChangeHash, start_op: u64, max_op: u64) {
         // A second change under one (writer, sequence number) is a forked
         // writer; the first one stays (automerge refuses the second).
         self.changes.entry(seq).or_insert((hash, start_op));
-        self.last = self.last.max(seq);
+        if seq >= self.last {
+            self.last = seq;
+            self.last_max_op = max_op;
+        }
         while self.changes.contains_key(&(self.upto + 1)) {
             self.upto += 1;
         }
@@ -446,6 +452,34 @@ fn add_value(values: &mut Vec<Vec<u8>>, value: Vec<u8>) {
     }
 }
 
+/// `Automerge::load`, with a panic inside automerge turned into an error.
+/// automerge 0.12 panics on some damaged documents whose checksums are
+/// right (in hexane's column decoding: `proto/tests/hostile_changes.rs`);
+/// a damaged file must give a clear error, not bring the node down. The
+/// load builds a new document from the bytes and touches nothing else,
+/// so nothing is left half-changed by the unwinding.
+fn load_doc(bytes: &[u8]) -> Result<Automerge, ReplicaError> {
+    match std::panic::catch_unwind(|| Automerge::load(bytes)) {
+        Ok(loaded) => loaded.map_err(|e| ReplicaError::Load(e.to_string())),
+        Err(_) => Err(ReplicaError::Load(
+            "automerge panicked while decoding the document".into(),
+        )),
+    }
+}
+
+/// Whether a peer's change is byte for byte what automerge itself encodes
+/// for its contents. automerge 0.12 applies a change with the right
+/// checksum whatever its encoding, but a document holding one encoded
+/// otherwise no longer loads: the load encodes every change again and its
+/// hash no longer matches ("mismatching heads"). Honest writers' changes
+/// always pass. (A pure function of the bytes, which the change hash
+/// names: remembered when a simulator turned the memo on.)
+fn canonical(change: &automerge::Change) -> bool {
+    crate::verify_memo::canonical(&change.hash().0, || {
+        automerge::Change::from(change.decode()).raw_bytes() == change.raw_bytes()
+    })
+}
+
 /// Checks one change's operations are ledger writes (a bytes value put
 /// into the root map under a key, overwriting nothing) and lists them.
 fn ledger_ops(
@@ -512,21 +546,26 @@ impl AutomergeReplica {
             .doc
             .get_changes_meta(&[])
             .into_iter()
-            .map(|m| (m.actor.to_bytes().to_vec(), m.seq, m.hash, m.start_op))
+            .map(|m| {
+                let ops = (m.start_op, m.max_op);
+                (m.actor.to_bytes().to_vec(), m.seq, m.hash, ops)
+            })
             .collect();
-        for (actor, seq, hash, start_op) in metas {
-            self.add_to_writer(actor, seq, hash, start_op);
+        for (actor, seq, hash, ops) in metas {
+            self.add_to_writer(actor, seq, hash, ops);
         }
     }
 
-    fn add_to_writer(&mut self, actor: Vec<u8>, seq: u64, hash: ChangeHash, start_op: u64) {
+    /// Lists a change under its writer; `ops` are its first and last
+    /// operation counters.
+    fn add_to_writer(&mut self, actor: Vec<u8>, seq: u64, hash: ChangeHash, ops: (u64, u64)) {
         self.writers
             .entry(actor)
             .or_insert_with_key(|actor| Writer {
                 bucket: bucket_bit(actor),
                 ..Writer::default()
             })
-            .add(seq, hash, start_op);
+            .add(seq, hash, ops.0, ops.1);
     }
 
     /// Adds a change the document has just applied or committed to the
@@ -535,9 +574,9 @@ impl AutomergeReplica {
         let Some(meta) = self.doc.get_change_meta_by_hash(&hash) else {
             return false;
         };
-        let (actor, seq, start_op) = (meta.actor.to_bytes().to_vec(), meta.seq, meta.start_op);
+        let (actor, seq) = (meta.actor.to_bytes().to_vec(), meta.seq);
         let own = actor == self.doc.get_actor().to_bytes();
-        self.add_to_writer(actor, seq, hash, start_op);
+        self.add_to_writer(actor, seq, hash, (meta.start_op, meta.max_op));
         own
     }
 
@@ -749,66 +788,139 @@ impl AutomergeReplica {
         &self,
         parsed: Vec<automerge::Change>,
     ) -> Result<(Vec<Unit>, Vec<automerge::Change>, bool), ReplicaError> {
-        // Writers with more than one new change here: only their
-        // sequence numbers need tracking through ancestry.
-        let mut count: HashMap<&[u8], usize> = HashMap::new();
-        for c in &parsed {
-            if !self.holds_change(c) {
-                *count.entry(c.actor_id().to_bytes()).or_default() += 1;
-            }
+        // Per writer with a change here not held yet: what the replica
+        // holds of it (looked up once), the next sequence number expected,
+        // the last operation counter of its latest change taken (held or
+        // from the message), and (for a writer with more than one such
+        // change, the only ones whose sequence numbers need tracking
+        // through ancestry) a small index.
+        struct InMessage {
+            held_upto: u64,
+            new_changes: usize,
+            next: u64,
+            max_op: u64,
+            tracked: Option<u32>,
         }
-        let tracked: HashSet<Vec<u8>> = count
-            .into_iter()
-            .filter(|(_, n)| *n > 1)
-            .map(|(a, _)| a.to_vec())
-            .collect();
-        // For each change taken: per tracked writer, the highest sequence
-        // number among its ancestors in the message (itself included).
-        let mut ancestry: HashMap<ChangeHash, BTreeMap<Vec<u8>, u64>> = HashMap::new();
-        let mut next: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut writers: HashMap<&[u8], InMessage> = HashMap::new();
+        let held: Vec<bool> = parsed.iter().map(|c| self.holds_change(c)).collect();
+        for (c, _) in parsed.iter().zip(&held).filter(|(_, h)| !**h) {
+            let actor = c.actor_id().to_bytes();
+            writers
+                .entry(actor)
+                .or_insert_with(|| {
+                    let held = self.writers.get(actor);
+                    let held_upto = held.map_or(0, |w| w.upto);
+                    InMessage {
+                        held_upto,
+                        new_changes: 0,
+                        next: held_upto + 1,
+                        // The held change the next one follows, if the
+                        // replica holds the writer's changes without a gap.
+                        max_op: held
+                            .filter(|w| w.last == held_upto)
+                            .map_or(0, |w| w.last_max_op),
+                        tracked: None,
+                    }
+                })
+                .new_changes += 1;
+        }
+        // (The order of the indices decides nothing: they are only
+        // looked up.)
+        for (i, w) in writers
+            .values_mut()
+            .filter(|w| w.new_changes > 1)
+            .enumerate()
+        {
+            w.tracked = Some(i as u32);
+        }
+        // For each change taken: per tracked writer (by index, sorted),
+        // the highest sequence number among its ancestors in the message
+        // (itself included).
+        let mut ancestry: HashMap<ChangeHash, Vec<(u32, u64)>> = HashMap::new();
+        let mut taken: Vec<bool> = Vec::with_capacity(parsed.len());
         let mut units = Vec::new();
-        let mut changes = Vec::with_capacity(parsed.len());
         let mut left_out = false;
-        for change in parsed {
-            if self.holds_change(&change) {
+        for (change, held) in parsed.iter().zip(held) {
+            if held {
                 // Held: automerge skips it; its bytes are kept at hand.
-                changes.push(change);
+                taken.push(true);
                 continue;
             }
-            let actor = change.actor_id().to_bytes().to_vec();
             let seq = change.seq();
-            let held_upto = self.writers.get(&actor).map_or(0, |w| w.upto);
-            let n = next.entry(actor.clone()).or_insert(held_upto + 1);
-            if seq < *n {
+            let Some(w) = writers.get_mut(change.actor_id().to_bytes()) else {
+                taken.push(false);
+                continue;
+            };
+            let held_upto = w.held_upto;
+            if seq < w.next {
                 return Err(ReplicaError::Malformed(format!(
                     "a second change under sequence number {seq} of one writer"
                 )));
             }
-            let mut mine: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+            let mut mine: Vec<(u32, u64)> = Vec::new();
             for d in change.deps() {
                 if let Some(theirs) = ancestry.get(d) {
-                    for (w, s) in theirs {
-                        let e = mine.entry(w.clone()).or_insert(0);
-                        *e = (*e).max(*s);
-                    }
+                    mine.extend_from_slice(theirs);
                 }
             }
+            // One pair per writer, the highest sequence number.
+            mine.sort_unstable();
+            mine.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    earlier.1 = earlier.1.max(later.1);
+                }
+                same
+            });
+            let in_ancestry = |i: u32| {
+                mine.binary_search_by_key(&i, |p| p.0)
+                    .ok()
+                    .map(|at| mine[at].1)
+            };
             let previous_ok = seq == held_upto + 1
-                || (seq == *n && mine.get(&actor).is_some_and(|s| *s + 1 == seq));
+                || (seq == w.next
+                    && w.tracked
+                        .and_then(in_ancestry)
+                        .is_some_and(|s| s + 1 == seq));
             if !previous_ok {
                 left_out = true;
+                taken.push(false);
                 continue;
             }
-            *n += 1;
-            if tracked.contains(&actor) {
-                mine.insert(actor, seq);
+            // A change whose operations reuse a counter of its writer's
+            // previous change is refused (automerge 0.12 applies it, and
+            // then neither saves nor loads the document correctly).
+            if change.start_op().get() <= w.max_op {
+                return Err(ReplicaError::Malformed(format!(
+                    "change {seq} of a writer starts at operation {} of its change {}",
+                    change.start_op(),
+                    seq - 1
+                )));
+            }
+            if !canonical(change) {
+                return Err(ReplicaError::Malformed(
+                    "a change not in automerge's own encoding".into(),
+                ));
+            }
+            w.max_op = change.max_op();
+            w.next = seq + 1;
+            if let Some(i) = w.tracked {
+                match mine.binary_search_by_key(&i, |p| p.0) {
+                    Ok(at) => mine[at].1 = seq,
+                    Err(at) => mine.insert(at, (i, seq)),
+                }
             }
             if mine.len() <= MAX_TRACKED_WRITERS {
                 ancestry.insert(change.hash(), mine);
             }
-            units.extend(self.unit(&change)?);
-            changes.push(change);
+            units.extend(self.unit(change)?);
+            taken.push(true);
         }
+        let changes = parsed
+            .into_iter()
+            .zip(taken)
+            .filter_map(|(c, t)| t.then_some(c))
+            .collect();
         Ok((units, changes, left_out))
     }
 
@@ -1078,7 +1190,11 @@ impl Replica for AutomergeReplica {
         }
         let mut parsed_changes = Vec::with_capacity(parsed.changes.len());
         for bytes in parsed.changes {
-            let change = automerge::Change::from_bytes(bytes)
+            // Parsing builds a new value from the bytes and nothing else,
+            // so a panic inside automerge (see `load_doc`) is only a
+            // malformed change.
+            let change = std::panic::catch_unwind(|| automerge::Change::from_bytes(bytes))
+                .map_err(|_| malformed("change: automerge panicked while decoding it".into()))?
                 .map_err(|e| malformed(format!("change: {e}")))?;
             let actor = change.actor_id().to_bytes();
             if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
@@ -1112,7 +1228,7 @@ impl Replica for AutomergeReplica {
     }
 
     fn inspect_saved(&self, bytes: &[u8]) -> Result<(Self, Vec<Unit>), ReplicaError> {
-        let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
+        let doc = load_doc(bytes)?;
         let mut units = Vec::new();
         for change in doc.get_changes(&[]) {
             units.extend(self.unit(&change)?);
@@ -1131,7 +1247,7 @@ impl Replica for AutomergeReplica {
         let actor = self.doc.get_actor().clone();
         // Our own save always loads; should it not, keeping the document
         // as it is (queue included) is the safe failure.
-        if let Ok(doc) = Automerge::load(&bytes) {
+        if let Ok(doc) = load_doc(&bytes) {
             self.doc = doc.with_actor(actor);
             self.queued.clear();
             self.purges += 1;
@@ -1239,7 +1355,7 @@ impl Replica for AutomergeReplica {
     }
 
     fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, ReplicaError> {
-        let doc = Automerge::load(bytes).map_err(|e| ReplicaError::Load(e.to_string()))?;
+        let doc = load_doc(bytes)?;
         let saved_heads = doc.get_heads();
         let mut replica =
             AutomergeReplica::from_doc(doc.with_actor(Self::actor(actor)), saved_heads);
