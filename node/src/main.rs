@@ -320,6 +320,19 @@ enum LedgerAction {
         #[command(flatten)]
         dir: Dir,
     },
+    /// Drop a stored ledger that no longer loads, with the node stopped.
+    /// Receipts, allowances, spend counters and carried receipts are kept;
+    /// peers send the ledger again at the next sync.
+    Reset {
+        #[command(flatten)]
+        dir: Dir,
+        /// Reset a ledger that still loads, too.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -507,6 +520,9 @@ fn main() -> ExitCode {
         Command::Ledger {
             action: LedgerAction::Export { dir },
         } => control_call(&dir, "GET", "/v1/ledger", None).map(|v| print_out(true, &v, |_| String::new())),
+        Command::Ledger {
+            action: LedgerAction::Reset { dir, force, json },
+        } => reset_ledger(&dir, force, json),
         Command::Allowance {
             action: AllowanceAction::Add { dir, allowance },
         } => control_call(&dir, "POST", "/v1/allowances", Some(&json!({ "allowance": allowance }))).map(|_| ()),
@@ -613,6 +629,56 @@ fn ble_status(ble: &Value) -> String {
     }
     s.push('\n');
     s
+}
+
+/// `ledger reset`: drops the stored ledger if it does not load (or with
+/// `force`), keeping everything else in the database.
+fn reset_ledger(dir: &Dir, force: bool, json: bool) -> Result<(), String> {
+    use meshpay_proto::ledger::PartialLedger;
+    let data = DataDir(dir.data_dir.clone());
+    let config = data.config().map_err(|e| e.to_string())?;
+    let trust =
+        TrustStore::new(parse_public_key("issuer", &config.issuer).map_err(|e| e.to_string())?);
+    // Opening fails while `node run` holds the database.
+    let store = meshpay_node::store::Store::open(&data.database())
+        .map_err(|e| format!("{e} (stop `meshpay node run` for this data dir before a reset)"))?;
+    let actor = store.node_id().map_err(|e| e.to_string())?;
+    let stored = store.ledger().map_err(|e| e.to_string())?;
+    let none_stored = stored.is_none();
+    let problem = match stored {
+        None => None,
+        Some((bytes, epoch, aside)) => {
+            PartialLedger::<meshpay_proto::ledger::AutomergeReplica>::load_with_aside(
+                &bytes, &aside, epoch, &actor, trust,
+            )
+            .err()
+            .map(|e| e.to_string())
+        }
+    };
+    if problem.is_none() && !force {
+        let what = if none_stored {
+            "no ledger is stored yet"
+        } else {
+            "the stored ledger loads"
+        };
+        return Err(format!(
+            "{what}; nothing was changed (add --force to reset it anyway)"
+        ));
+    }
+    let dropped = store.reset_ledger().map_err(|e| e.to_string())?;
+    tracing::warn!(dropped, problem = ?problem, "stored ledger reset");
+    let v = json!({
+        "reset": true,
+        "dropped_pieces": dropped,
+        "load_error": problem,
+    });
+    print_out(json, &v, |_| {
+        format!(
+            "ledger reset: {dropped} stored pieces dropped; the node writes under a new ledger id.\n\
+             receipts, allowances, spend counters and carried receipts are kept; peers send the ledger again at the next sync.\n"
+        )
+    });
+    Ok(())
 }
 
 fn print_out(json: bool, v: &Value, text: impl Fn(&Value) -> String) {

@@ -530,6 +530,34 @@ impl Store {
         })
     }
 
+    /// Forgets the stored ledger (for a ledger that no longer loads), in
+    /// one commit: the ledger's pieces, its epoch, the entries held aside
+    /// and the peers' sync states, which describe the old document. The
+    /// node gets a new random id, so the document it starts next is
+    /// written under new automerge actors: peers hold the old document's
+    /// changes, and the same actor starting again at sequence number 1
+    /// would be refused by every one of them (protocol.md 9.7).
+    /// Allowances, spend counters, receipts and carried receipts are kept;
+    /// [`crate::node::Node::open`] puts the headers of stored receipts
+    /// back into the new ledger. Returns how many ledger pieces were
+    /// dropped.
+    pub fn reset_ledger(&self) -> Result<usize, StoreError> {
+        let dropped = self.ledger_chunks()?;
+        self.write(|tx| {
+            let mut rng = crate::os_rng()?;
+            let mut node_id = [0u8; 8];
+            rand::Rng::fill_bytes(&mut rng, &mut node_id);
+            tx.open_table(LEDGER)?.retain(|_, _| false)?;
+            tx.open_table(PEERS)?.retain(|_, _| false)?;
+            let mut meta = tx.open_table(META)?;
+            meta.remove("ledger_epoch")?;
+            meta.remove("ledger_aside")?;
+            meta.insert("node_id", node_id.as_slice())?;
+            Ok(())
+        })?;
+        Ok(dropped)
+    }
+
     /// The ledger table of the latest committed state.
     fn ledger_table(&self) -> Result<redb::ReadOnlyTable<u64, &'static [u8]>, StoreError> {
         self.db

@@ -10,7 +10,9 @@ use serde_json::Value;
 
 mod process;
 
-use process::{Nodes, await_status, give_allowance, json, meshpay, run, setup, signed_allowance};
+use process::{
+    Nodes, await_status, give_allowance, json, meshpay, run, setup, signed_allowance, status,
+};
 
 fn start(nodes: &mut Nodes, dir: &Path, peers: &[String]) -> Value {
     start_on(nodes, dir, peers, "/ip4/127.0.0.1/tcp/0")
@@ -487,4 +489,89 @@ fn a_sealed_wallet_key_needs_its_passphrase() {
     wait_ready(&d);
     let status = json(&["status", "--json", "--data-dir", &ds]);
     assert_eq!(status["wallet"].as_str(), Some(wallet.as_str()));
+}
+
+/// A stored ledger that no longer loads (a damaged disk): `node run`
+/// refuses with a clear error, `ledger reset` drops it and keeps the
+/// rest (a second reset has nothing to do), and the node starts again with
+/// its receipt, is paid again, and agrees with its peer. (Why the reset
+/// changes the ledger id: `store.rs`,
+/// `a_reset_ledger_keeps_the_receipts_and_writes_under_a_new_id`.)
+#[test]
+fn a_ledger_that_no_longer_loads_is_reset_and_the_node_rejoins() {
+    let root = tempfile::tempdir().expect("dir");
+    let (issuer_key, _, dirs) = setup(root.path(), &["a", "b"]);
+    let ds: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let mut nodes = Nodes(Vec::new());
+    let a = start(&mut nodes, &dirs[0], &[]);
+    start(&mut nodes, &dirs[1], &[addr_of(&a)]);
+    give_allowance(&issuer_key, &ds[0], &a["wallet"]);
+    let pay = |amount: &str| {
+        let token = run(&["request", "--data-dir", &ds[1], amount]);
+        let paid = json(&["pay", "--json", "--data-dir", &ds[0], token.trim()]);
+        assert!(paid.get("Paid").is_some(), "{paid}");
+    };
+    let headers = |d: &str| {
+        json(&["ledger", "export", "--data-dir", d])["headers"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let agree_on = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let digests: Vec<Value> = ds
+                .iter()
+                .map(|d| status(d)["ledger_digest"].clone())
+                .collect();
+            if digests[0] == digests[1] && ds.iter().all(|d| headers(d) == n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreement on {n} headers: {digests:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    pay("4.50");
+    agree_on(1);
+
+    // b stops; its stored ledger is damaged.
+    stop(&mut nodes, 1);
+    meshpay_node::store::Store::open(&dirs[1].join("node.redb"))
+        .expect("store")
+        .save_ledger(b"not an automerge document", 0, &[])
+        .expect("damage");
+    let out = meshpay()
+        .args(["node", "run", "--no-mdns", "--data-dir", &ds[1]])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("stored ledger does not load"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let reset = json(&["ledger", "reset", "--json", "--data-dir", &ds[1]]);
+    assert_eq!(reset["reset"], true, "{reset}");
+    assert_eq!(reset["dropped_pieces"], 1, "{reset}");
+    assert!(reset["load_error"].is_string(), "{reset}");
+    // Nothing left to reset: refused without --force.
+    let again = meshpay()
+        .args(["ledger", "reset", "--data-dir", &ds[1]])
+        .output()
+        .expect("runs");
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("nothing was changed"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // b rejoins with its receipt, is paid again, and both agree.
+    start(&mut nodes, &dirs[1], &[addr_of(&a)]);
+    let history = json(&["history", "--json", "--data-dir", &ds[1]]);
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    pay("2.25");
+    agree_on(2);
 }

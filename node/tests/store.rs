@@ -377,3 +377,54 @@ fn a_change_that_left_in_a_sync_was_stored_before_it_left() {
     local::sync(&mut a, &mut b).expect("second sync");
     assert!(holds(&b, &again), "B takes what A wrote after its restart");
 }
+
+/// A stored ledger that no longer loads is refused at open, and reset
+/// (`meshpay ledger reset`): the receipts stay, the peer sends the ledger
+/// again, and the node writes under a new ledger id. Under its old one,
+/// its first change after the reset would reuse a sequence number that
+/// the peer holds from before, and the peer would refuse it.
+#[test]
+fn a_reset_ledger_keeps_the_receipts_and_writes_under_a_new_id() {
+    use meshpay_node::local;
+    use meshpay_node::node::{Node, NodeError};
+    let dir = tempfile::tempdir().expect("dir");
+    let (path_a, path_b, issuer, trust) = two_nodes(dir.path());
+    let open = |path: &std::path::Path, k: u8| Node::open("n", path, key(k), trust.clone());
+    let mut a = open(&path_a, 3).expect("node a");
+    let mut b = open(&path_b, 5).expect("node b");
+    let paid = receipt(1);
+    take_payment(&mut a, &paid, &issuer);
+    local::sync(&mut a, &mut b).expect("sync");
+    assert!(holds(&b, &paid));
+    let old_id = a.store().node_id().expect("id");
+    drop(a);
+
+    Store::open(&path_a)
+        .expect("store")
+        .save_ledger(b"not an automerge document", 0, &[])
+        .expect("damage");
+    assert!(matches!(open(&path_a, 3), Err(NodeError::LedgerLoad(_))));
+    let dropped = Store::open(&path_a)
+        .expect("store")
+        .reset_ledger()
+        .expect("reset");
+    assert_eq!(dropped, 1);
+
+    let mut a = open(&path_a, 3).expect("opens after the reset");
+    assert_ne!(a.store().node_id().expect("id"), old_id);
+    assert_eq!(
+        a.store().receipt(&paid.transfer.id()).expect("get"),
+        Some((paid.clone(), Role::Received)),
+        "the receipt is kept"
+    );
+    // A is paid before it meets B again: its first change in the new
+    // document.
+    let again = receipt(2);
+    take_payment(&mut a, &again, &issuer);
+    local::sync(&mut a, &mut b).expect("sync after the reset");
+    assert!(holds(&a, &paid), "the peer sent the ledger again");
+    assert!(
+        holds(&b, &again),
+        "the peer takes what A wrote after the reset"
+    );
+}
