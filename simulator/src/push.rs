@@ -40,8 +40,11 @@ pub const MESH_N: u64 = 3;
 /// Counters of the LAN push.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PushCounts {
-    /// Messages published.
+    /// Messages published (on a LAN, or to BLE contacts that heard the
+    /// urgent flag).
     pub published: u64,
+    /// Of them, over BLE.
+    pub over_ble: u64,
     /// Copies delivered (one per receiver and message).
     pub deliveries: u64,
     /// Deliveries that taught the receiver at least one proof.

@@ -80,6 +80,8 @@ struct InFlight {
     entries: Vec<meshpay_proto::ledger::Entry>,
     /// Deliveries still to come.
     left: usize,
+    /// The LAN's gossip, or BLE connections made for the urgent flag.
+    via: LinkKind,
 }
 
 /// Counters of sync sessions.
@@ -143,10 +145,13 @@ pub struct Simulation {
     backoff: BTreeMap<(DeviceId, DeviceId), (SimTime, u32)>,
     /// Sync sessions.
     pub sessions: SessionCounts,
-    /// The LAN push of urgent entries.
+    /// The push of urgent entries: LAN gossip, and the BLE urgent flag.
     pub push: PushCounts,
     in_flight: BTreeMap<u64, InFlight>,
     next_push: u64,
+    /// While a sync round runs: each device's BLE contacts of the tick, in
+    /// contact order (empty between rounds).
+    round_ble: BTreeMap<DeviceId, Vec<DeviceId>>,
     /// Copies of pushed messages on their way: (arrival, order, message,
     /// receiver). Kept apart from the event queue so that the sessions of
     /// a tick, which run one after the other, see what arrived before each
@@ -350,6 +355,7 @@ impl Simulation {
             push: PushCounts::default(),
             in_flight: BTreeMap::new(),
             next_push: 0,
+            round_ble: BTreeMap::new(),
             deliveries: BinaryHeap::new(),
             replays: BTreeMap::new(),
             recent: VecDeque::new(),
@@ -523,6 +529,12 @@ impl Simulation {
         // seeded here in contact order: what a session meets does not
         // depend on the thread that runs it.
         let seeds: Vec<u64> = contacts.iter().map(|_| self.rng.random()).collect();
+        // The BLE contacts a device's urgent flag reaches in this round.
+        self.round_ble.clear();
+        for c in contacts.iter().filter(|c| c.kind == LinkKind::Ble) {
+            self.round_ble.entry(c.a).or_default().push(c.b);
+            self.round_ble.entry(c.b).or_default().push(c.a);
+        }
         // Waves: a contact goes into the wave after the last one holding
         // either of its devices, so each device's sessions keep the order
         // of the list, and the sessions of a wave share no device.
@@ -583,8 +595,8 @@ impl Simulation {
                 // A finished session's new proofs go to the LAN at once.
                 let end_us = t0 as f64 * 1000.0 + r.elapsed_us;
                 let [learnt_a, learnt_b] = r.learnt;
-                self.publish(c.a, learnt_a, end_us);
-                self.publish(c.b, learnt_b, end_us);
+                self.publish(c.a, learnt_a, end_us, Some(c.b));
+                self.publish(c.b, learnt_b, end_us, Some(c.a));
                 *self.sessions.by_end.entry(r.end).or_default() += 1;
                 self.events += 1;
                 self.sessions.urgent_bytes += r.urgent_bytes;
@@ -608,6 +620,16 @@ impl Simulation {
                 }
             }
         }
+        // The urgent flag's copies that arrive before the round's last
+        // session ends still carry their proofs on over BLE; LAN copies
+        // keep their place in the event order.
+        let end = busy.iter().copied().max().unwrap_or(t);
+        self.deliver_where(end, |sim, _, id, _| {
+            sim.in_flight
+                .get(&id)
+                .is_some_and(|f| f.via == LinkKind::Ble)
+        });
+        self.round_ble.clear();
     }
 
     /// Delivers what the LAN pushed up to the latest start of the wave's
@@ -621,19 +643,32 @@ impl Simulation {
             .iter()
             .flat_map(|&(c, t0, _)| [(c.a, t0), (c.b, t0)])
             .collect();
+        self.deliver_where(last, |_, at, _, to| {
+            starts.get(&to).is_none_or(|&t0| at <= t0)
+        });
+    }
+
+    /// Delivers, in arrival order, the copies that arrive at or before
+    /// `until` (and the run's end) and that `now(sim, arrival, message,
+    /// receiver)` accepts; the others keep their place for later.
+    fn deliver_where(
+        &mut self,
+        until: SimTime,
+        now: impl Fn(&Self, SimTime, u64, DeviceId) -> bool,
+    ) {
         let mut later = Vec::new();
         while let Some(&Reverse(copy)) = self.deliveries.peek() {
             let (at, _, id, to) = copy;
-            if at > last || at > self.end {
+            if at > until || at > self.end {
                 break;
             }
             self.deliveries.pop();
-            if starts.get(&to).is_some_and(|&t0| at > t0) {
+            if now(self, at, id, to) {
+                self.events += 1;
+                self.deliver(at, id, to);
+            } else {
                 later.push(Reverse(copy));
-                continue;
             }
-            self.events += 1;
-            self.deliver(at, id, to);
         }
         self.deliveries.extend(later);
     }
@@ -834,7 +869,7 @@ impl Simulation {
             PaymentEnd::PayerRefused | PaymentEnd::Uncertain => (None, false, None),
         };
         if let Some((proof, at_us)) = r.publish {
-            self.publish(payee, vec![proof], t as f64 * 1000.0 + at_us);
+            self.publish(payee, vec![proof], t as f64 * 1000.0 + at_us, None);
         }
         if let PaymentEnd::Paid(tr) | PaymentEnd::Refused(_, _, tr) = &r.end {
             // From the payment's start: the payee takes the header in
@@ -867,10 +902,20 @@ impl Simulation {
     /// duplicates to its gossipsub mesh. Only honest devices publish (a
     /// forger's flipped bits fail gossipsub's signature check, a staller
     /// is silent).
-    fn publish(&mut self, from: DeviceId, proofs: Vec<ConflictProof>, at_us: f64) {
+    /// `partner`: the peer of the session that taught the proofs (it holds
+    /// them, and a node leaves a peer it just synced with alone for a
+    /// while: `QUIET` in the BLE runtime).
+    fn publish(
+        &mut self,
+        from: DeviceId,
+        proofs: Vec<ConflictProof>,
+        at_us: f64,
+        partner: Option<DeviceId>,
+    ) {
         if proofs.is_empty() || self.devices[from as usize].behaviour != Behaviour::Honest {
             return;
         }
+        self.push_ble(from, &proofs, at_us, partner);
         let t = (at_us / 1000.0) as SimTime;
         let zone: Vec<DeviceId> = self
             .history
@@ -894,6 +939,7 @@ impl Simulation {
             InFlight {
                 entries,
                 left: zone.len(),
+                via: LinkKind::Lan,
             },
         );
         let forwards = push::MESH_N.min(zone.len() as u64 - 1);
@@ -918,16 +964,84 @@ impl Simulation {
         }
     }
 
+    /// During a sync round, a device that learnt proofs sets the urgent
+    /// flag in its BLE advertisement, and its BLE contacts of the tick
+    /// connect to it as soon as they hear it (`node/src/ble/runtime.rs`,
+    /// `heard`; at most `ble.max_connections` of them): each gets the
+    /// `Urgent` message after a connection set-up, in frames over the
+    /// link. Only inside a round, whose sessions use nothing newer than
+    /// the tick, so that the limit (which sees BLE contacts at ticks only)
+    /// stays a lower bound.
+    fn push_ble(
+        &mut self,
+        from: DeviceId,
+        proofs: &[ConflictProof],
+        at_us: f64,
+        partner: Option<DeviceId>,
+    ) {
+        if self.devices[from as usize].behaviour != Behaviour::Honest {
+            return;
+        }
+        let Some(near) = self.round_ble.get(&from) else {
+            return;
+        };
+        let limit = self.scenario.ble.max_connections as usize;
+        let near: Vec<DeviceId> = near
+            .iter()
+            .copied()
+            .filter(|&d| Some(d) != partner)
+            .take(limit)
+            .collect();
+        if near.is_empty() {
+            return;
+        }
+        let Some((entries, size)) =
+            push::message(&self.devices[from as usize].ledger, proofs.to_vec())
+        else {
+            return;
+        };
+        let id = self.next_push;
+        self.next_push += 1;
+        self.push.published += 1;
+        self.push.over_ble += 1;
+        self.in_flight.insert(
+            id,
+            InFlight {
+                entries,
+                left: near.len(),
+                via: LinkKind::Ble,
+            },
+        );
+        let frame = self.ble.max_frame.max(1);
+        for &to in &near {
+            let mut clock = at_us + self.ble.setup_us() + self.ble.turn_us();
+            let mut bytes = 0;
+            let mut left = size as usize;
+            while left > 0 {
+                let len = left.min(frame);
+                let (dt, b) = self.ble.frame(len, &mut self.rng);
+                clock += dt;
+                bytes += b;
+                left -= len;
+            }
+            let radio = (clock - at_us) as u64;
+            let sender = &mut self.devices[from as usize].cost;
+            sender.bytes_sent += bytes;
+            sender.push_bytes_sent += bytes;
+            sender.radio_on_us += radio;
+            let receiver = &mut self.devices[to as usize].cost;
+            receiver.bytes_received += bytes;
+            receiver.radio_on_us += radio;
+            self.push.bytes += bytes;
+            let arrive = (clock / 1000.0).ceil() as SimTime;
+            self.seq += 1;
+            self.deliveries.push(Reverse((arrive, self.seq, id, to)));
+        }
+    }
+
     /// Delivers every pushed copy that arrives at or before `t`.
     fn deliver_until(&mut self, t: SimTime) {
-        while let Some(&Reverse((at, _, id, to))) = self.deliveries.peek() {
-            if at > t || at > self.end {
-                break;
-            }
-            self.deliveries.pop();
-            self.events += 1;
-            self.deliver(at, id, to);
-        }
+        self.deliver_where(t, |_, _, _, _| true);
     }
 
     /// A pushed message reaches `to` at `t`: its ledger takes it as the
@@ -937,6 +1051,7 @@ impl Simulation {
             return;
         };
         flight.left -= 1;
+        let via = flight.via;
         let entries = if flight.left == 0 {
             self.in_flight
                 .remove(&id)
@@ -953,8 +1068,19 @@ impl Simulation {
                     self.push.new_at_receiver += 1;
                     device.touch();
                 }
-                for p in new {
+                for p in &new {
                     device.hold_proof(p.allowance(), t);
+                }
+                // Within a round the proofs go on: what came over BLE was
+                // a session that taught them (published on the LAN too);
+                // what came from the LAN sets the urgent flag on BLE.
+                // Between rounds they wait for the next tick.
+                if !new.is_empty() && !self.round_ble.is_empty() {
+                    let at_us = t as f64 * 1000.0;
+                    match via {
+                        LinkKind::Ble => self.publish(to, new, at_us, None),
+                        LinkKind::Lan => self.push_ble(to, &new, at_us, None),
+                    }
                 }
             }
             Err(e) => {

@@ -93,3 +93,34 @@ fn the_push_reaches_the_whole_lan_when_the_limit_does() {
         }
     }
 }
+
+/// Over BLE, a device that learnt a proof in a session sets the urgent
+/// flag, and its BLE contacts of the tick connect to it at once (the
+/// node's BLE runtime): a proof runs down a line of handhelds within the
+/// tick, where sessions alone, one after the other in shuffled order,
+/// often need the next tick (30 s in the cabin).
+#[test]
+fn over_ble_the_urgent_flag_carries_a_proof_on_within_the_tick() {
+    let mut s = common::load("cabin");
+    s.adversaries.double_spenders = 0.2;
+    s.adversaries.cloned_wallets = 6;
+    let interval = s.sync_interval_s as f64;
+    let r = common::run(s, 3);
+    assert!(r.detection.conflicts >= 3, "want several conflicts");
+    assert!(r.push.over_ble > 0, "proofs went out over BLE");
+    assert!(r.push.new_at_receiver > 0, "and taught their receivers");
+    assert_eq!(r.push.refused, 0);
+    // How long after the limit the last device held each proof.
+    let mut late: Vec<f64> = r
+        .detection
+        .per_conflict
+        .iter()
+        .filter_map(|c| Some(c.measured.all? - c.limit.all?))
+        .collect();
+    late.sort_by(f64::total_cmp);
+    let median = late[late.len() / 2];
+    assert!(
+        median < interval / 2.0,
+        "the last device is typically {median} s after the limit (tick {interval} s): {late:?}"
+    );
+}
