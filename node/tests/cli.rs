@@ -418,7 +418,16 @@ fn wait_ready(dir: &Path) {
     let d = dir.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     while try_json(&["status", "--json", "--data-dir", &d]).is_none() {
-        assert!(Instant::now() < deadline, "node in {d} did not restart");
+        if Instant::now() >= deadline {
+            // The end of the node's log says why.
+            let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "node in {d} did not restart; its log ends:\n{}",
+                tail.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(30));
     }
 }
