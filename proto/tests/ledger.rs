@@ -318,6 +318,95 @@ fn own_writes_are_unsaved_until_a_save_and_received_ones_never_are() {
     assert!(back.has_unsaved_own_writes());
 }
 
+/// A ledger holding wallet 1's allowance and headers `1..=n` of it, one
+/// change each.
+fn with_headers(node: u8, n: u32) -> Ledger {
+    let (k, a) = wallet(1);
+    let mut l = with_wallets(node, &[1]);
+    for seq in 1..=n {
+        l.insert(Entry::Header(header(&k, &a, seq, 100 * u64::from(seq), 1)))
+            .expect("header");
+    }
+    l
+}
+
+/// Peers' changes are staged: in the map, the digest and the clock, and
+/// sent on to other peers, before automerge applies them (its apply walks
+/// every key of the map once per call, so the replica applies many at
+/// once). A full save applies them. An incremental save may leave them
+/// out: a node that restarts from it lacks them, and a peer sends them
+/// again (protocol.md 9.7).
+#[test]
+fn peers_changes_are_staged_sent_on_and_stored_by_a_full_save() {
+    let mut x = with_headers(1, 20);
+    let mut y = ledger(2);
+    let base = y.save();
+    sync(&mut x, &mut y);
+    assert_eq!(y.digest(), x.digest());
+    assert_eq!(y.all_headers().len(), 20);
+    assert_eq!(y.replica().staged_len(), 21, "allowance and 20 headers");
+    assert_eq!(y.replica().doc().get_changes(&[]).len(), 0);
+
+    // A third node gets everything from y alone, staged changes included.
+    let mut z = ledger(3);
+    sync(&mut y, &mut z);
+    assert_eq!(z.digest(), x.digest());
+    assert_eq!(z.all_headers().len(), 20);
+
+    // An incremental save leaves them out; x sends them again.
+    let mut stored = base.clone();
+    stored.extend(y.save_incremental());
+    let mut restarted = Ledger::load(&stored, 0, &[2; 16], trust()).expect("loads");
+    assert!(restarted.all_headers().is_empty());
+    sync(&mut x, &mut restarted);
+    assert_eq!(restarted.digest(), x.digest());
+
+    // A full save applies them and stores them.
+    let full = y.save();
+    assert_eq!(y.replica().staged_len(), 0);
+    assert_eq!(y.replica().doc().get_changes(&[]).len(), 21);
+    let back = Ledger::load(&full, 0, &[2; 16], trust()).expect("loads");
+    assert_eq!(back.digest(), x.digest());
+    assert_eq!(back.all_headers().len(), 20);
+}
+
+/// A write of the node's own that rests on a staged entry (a payment's
+/// header on an allowance a peer sent, which the write then leaves out)
+/// applies the staged changes first: every save that holds the write
+/// holds the allowance too, and loads.
+#[test]
+fn an_own_write_on_a_staged_allowance_is_stored_with_it() {
+    let (k, a) = wallet(1);
+    let mut x = with_wallets(1, &[1]);
+    let mut y = ledger(2);
+    let base = y.save();
+    sync(&mut x, &mut y);
+    assert_eq!(y.replica().staged_len(), 1);
+    y.insert_payment(a.clone(), header(&k, &a, 1, 100, 1))
+        .expect("payment");
+    assert_eq!(y.replica().staged_len(), 0);
+    let mut stored = base;
+    stored.extend(y.save_incremental());
+    let back = Ledger::load(&stored, 0, &[2; 16], trust()).expect("loads");
+    assert_eq!(back.all_headers().len(), 1);
+    assert_eq!(back.digest(), y.digest());
+}
+
+/// Staged changes are applied once they reach an eighth of the keys (at
+/// least 64): a large backlog does not stay out of the document.
+#[test]
+fn staged_changes_are_applied_at_the_limit() {
+    let mut x = with_headers(1, 150);
+    let mut y = ledger(2);
+    sync(&mut x, &mut y);
+    assert_eq!(y.digest(), x.digest());
+    let staged = y.replica().staged_len();
+    let applied = y.replica().doc().get_changes(&[]).len();
+    assert!(staged < 64, "{staged} staged");
+    assert!(applied >= 64, "{applied} applied");
+    assert_eq!(staged + applied, 151);
+}
+
 #[test]
 fn damaged_saved_bytes_are_an_error() {
     let (k, a) = wallet(1);
@@ -1543,8 +1632,10 @@ fn a_peer_state_kept_in_memory_does_not_keep_a_change_from_being_sent_again() {
     assert_eq!(y.all_headers().len(), 13);
 }
 
-/// The actors that wrote the changes of a ledger's replica.
-fn writers(l: &Ledger) -> std::collections::BTreeSet<Vec<u8>> {
+/// The actors that wrote the changes of a ledger's replica (a full save
+/// first applies the staged ones).
+fn writers(l: &mut Ledger) -> std::collections::BTreeSet<Vec<u8>> {
+    let _ = l.save();
     l.replica()
         .doc()
         .get_changes_meta(&[])
@@ -1568,7 +1659,7 @@ fn a_proof_learnt_from_urgent_is_not_written_again_by_its_receiver() {
     assert_eq!(right.aside_len(), 0);
     assert_eq!(right.digest(), left.digest());
     assert_eq!(
-        writers(&right),
+        writers(&mut right),
         [[1u8; 16].to_vec()].into_iter().collect(),
         "every change in the right replica is the left side's"
     );
@@ -1613,7 +1704,7 @@ fn a_proof_held_aside_is_sent_on_survives_a_reload_and_leaves_when_its_write_arr
     assert_eq!(right.aside_len(), 0);
     assert_eq!(right.proofs(), left.proofs());
     assert_eq!(right.digest(), left.digest());
-    assert!(!writers(&right).contains([2u8; 16].as_slice()));
+    assert!(!writers(&mut right).contains([2u8; 16].as_slice()));
 }
 
 #[test]

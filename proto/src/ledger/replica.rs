@@ -108,7 +108,9 @@ pub trait Replica: Sized {
     /// The whole replica as bytes (without units held back for missing
     /// dependencies: they were not all checked).
     fn save(&mut self) -> Vec<u8>;
-    /// What changed since the last `save` or `save_incremental`.
+    /// What changed since the last `save` or `save_incremental`. A
+    /// replica may leave peers' latest changes for a later save (peers send
+    /// them again, 9.7); its own are always in it.
     fn save_incremental(&mut self) -> Vec<u8>;
     /// Whether this replica's own writer made a change since the last
     /// `save`, `save_incremental` or `load`. Such a change must be stored
@@ -203,9 +205,9 @@ pub struct AutomergeReplica {
     /// The document's root map as plain memory: every key with its values
     /// in byte order. The ledger reads it on every entry it checks;
     /// automerge's own look-up (a seek through its op columns) cost more
-    /// than applying the change. Kept equal to the document: local writes
-    /// go into both, and a peer's units enter it when automerge applies
-    /// them (see `queued`).
+    /// than applying the change. Kept equal to the document and the
+    /// staged changes: local writes go into both, and a peer's units
+    /// enter it when staged or when automerge applies them (see `queued`).
     map: BTreeMap<String, Vec<Vec<u8>>>,
     /// Units of peers' messages automerge holds back for missing
     /// dependencies, with the pairs they add: they enter `map` once
@@ -220,7 +222,27 @@ pub struct AutomergeReplica {
     /// How many times changes held back were dropped (see
     /// [`ClockMessage::resend`]).
     purges: u64,
+    /// Peers' changes checked and taken (in `map`, in the clock, sent on
+    /// to other peers) but not yet applied to the document, in arrival
+    /// order. automerge's apply walks every key of the root map once per
+    /// call, whatever the number of changes, so the replica applies many
+    /// at once: see [`AutomergeReplica::stage_limit`].
+    staged: Vec<automerge::Change>,
+    /// `staged` by change hash (its position).
+    staged_at: HashMap<ChangeHash, usize>,
+    /// The bytes of the staged changes.
+    staged_bytes: usize,
 }
+
+/// Fewest staged changes before the replica applies them (see
+/// [`AutomergeReplica::stage_limit`]).
+const STAGE_MIN: usize = 64;
+/// Most staged changes: bounds the memory they hold and what a node that
+/// stops before its next save receives again from its peers.
+const STAGE_MAX: usize = 8_192;
+/// Most bytes of staged changes (until applied, their entries are held
+/// twice: in the parsed changes and in the replica's map).
+const STAGE_MAX_BYTES: usize = 16 << 20;
 
 /// Most changes whose bytes a replica keeps at hand ([`Recent`]), and
 /// most bytes they may take. Peers mostly lack what is new, so most
@@ -524,6 +546,9 @@ impl AutomergeReplica {
             writers: BTreeMap::new(),
             recent: Recent::default(),
             purges: 0,
+            staged: Vec::new(),
+            staged_at: HashMap::new(),
+            staged_bytes: 0,
         };
         replica.reread_map();
         replica.reindex_writers();
@@ -571,13 +596,97 @@ impl AutomergeReplica {
     /// Adds a change the document has just applied or committed to the
     /// writers' index; whether this replica's own writer wrote it.
     fn record(&mut self, hash: ChangeHash) -> bool {
-        let Some(meta) = self.doc.get_change_meta_by_hash(&hash) else {
+        let (actor, seq, ops) = if let Some(meta) = self.doc.get_change_meta_by_hash(&hash) {
+            let ops = (meta.start_op, meta.max_op);
+            (meta.actor.to_bytes().to_vec(), meta.seq, ops)
+        } else if let Some(&at) = self.staged_at.get(&hash) {
+            let c = &self.staged[at];
+            let ops = (c.start_op().get(), c.max_op());
+            (c.actor_id().to_bytes().to_vec(), c.seq(), ops)
+        } else {
             return false;
         };
-        let (actor, seq) = (meta.actor.to_bytes().to_vec(), meta.seq);
         let own = actor == self.doc.get_actor().to_bytes();
-        self.add_to_writer(actor, seq, hash, (meta.start_op, meta.max_op));
+        self.add_to_writer(actor, seq, hash, ops);
         own
+    }
+
+    /// How many staged changes the replica holds before it applies them:
+    /// an eighth of the keys, within [`STAGE_MIN`] and [`STAGE_MAX`]. One
+    /// apply walks every key (see `staged`), so each change then costs
+    /// about eight keys' walk, whatever the document's size.
+    fn stage_limit(&self) -> usize {
+        (self.map.len() / 8).clamp(STAGE_MIN, STAGE_MAX)
+    }
+
+    /// Applies every staged change to the document (for tests and
+    /// measurements that read the document itself).
+    pub fn apply_all(&mut self) -> Result<(), ReplicaError> {
+        self.apply_staged()
+    }
+
+    /// How many peers' changes are staged, not applied to the document yet.
+    pub fn staged_len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Applies the staged changes to the document. Before a save, a merge,
+    /// and whenever the document itself must hold everything taken.
+    fn apply_staged(&mut self) -> Result<(), ReplicaError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.staged_at.clear();
+        self.staged_bytes = 0;
+        let staged = std::mem::take(&mut self.staged);
+        let applied = self.doc.apply_changes(staged);
+        if let Err(e) = applied {
+            // Not expected: every staged change was checked as automerge
+            // checks it (writer order, dependencies held). Should it
+            // happen, the map and the clock are read from the document
+            // again, so that they claim nothing it lacks; peers send the
+            // rest again.
+            self.reread_map();
+            self.reindex_writers();
+            self.own = self.doc_own_entries();
+            return Err(ReplicaError::Apply(e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Whether a peer's message can be staged rather than applied: nothing
+    /// is held back for missing dependencies, every dependency of each new
+    /// change is held or in the message (a message lists changes by first
+    /// operation counter, and an empty change shares its counter with the
+    /// changes that follow it, so a cause may come after its effect), and
+    /// no change is this replica's own writer's (a change of its own coming
+    /// back must be in the document before its writer writes again, or the
+    /// next write would reuse its sequence number).
+    fn can_stage(&self, changes: &[automerge::Change]) -> bool {
+        if !self.queued.is_empty() {
+            return false;
+        }
+        let me = self.doc.get_actor();
+        let new: Vec<&automerge::Change> =
+            changes.iter().filter(|c| !self.holds_change(c)).collect();
+        if new.iter().any(|c| c.actor_id() == me) {
+            return false;
+        }
+        let in_message: HashSet<ChangeHash> = new.iter().map(|c| c.hash()).collect();
+        new.iter().flat_map(|c| c.deps()).all(|d| {
+            in_message.contains(d)
+                || self.staged_at.contains_key(d)
+                || self.doc.get_change_meta_by_hash(d).is_some()
+        })
+    }
+
+    /// The bytes of a change at hand: received or read recently, or staged.
+    fn at_hand(&self, hash: &ChangeHash) -> Option<&[u8]> {
+        self.recent.get(hash).or_else(|| {
+            self.staged_at
+                .get(hash)
+                .map(|&at| self.staged[at].raw_bytes())
+        })
     }
 
     /// The replica's clock entries in the buckets of `buckets` (see
@@ -663,7 +772,7 @@ impl AutomergeReplica {
             if known > MAX_CHANGE_BYTES || missing.len() >= MAX_READ_AT_ONCE {
                 break;
             }
-            match self.recent.get(&hash) {
+            match self.at_hand(&hash) {
                 Some(bytes) => known += bytes.len(),
                 None => missing.push(hash),
             }
@@ -681,7 +790,7 @@ impl AutomergeReplica {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for hash in picked {
-            let change = match self.recent.get(&hash) {
+            let change = match self.at_hand(&hash) {
                 Some(change) => change.to_vec(),
                 // A change the document could not give back ends the
                 // message here, so that it stays causally closed; the peer
@@ -963,7 +1072,8 @@ impl AutomergeReplica {
         out
     }
 
-    /// The automerge document (for measurements).
+    /// The automerge document (for measurements). Peers' changes still
+    /// staged are not in it yet: see [`AutomergeReplica::apply_all`].
     pub fn doc(&self) -> &Automerge {
         &self.doc
     }
@@ -999,6 +1109,12 @@ impl Replica for AutomergeReplica {
         if entries.is_empty() {
             return;
         }
+        // A write of its own may rest on staged entries (a payment's header
+        // on a peer's allowance, which it then does not write again): they
+        // go into the document first, so that the write depends on them and
+        // every save that holds it holds them. (Should applying them fail,
+        // the map forgets them and the write takes what it needs along.)
+        let _ = self.apply_staged();
         let mut tx = self.doc.transaction();
         let mut any = false;
         for (key, value) in entries {
@@ -1237,12 +1353,13 @@ impl Replica for AutomergeReplica {
     }
 
     fn holds_unit(&self, id: &UnitId) -> bool {
-        self.doc
-            .get_change_meta_by_hash(&automerge::ChangeHash(*id))
-            .is_some()
+        let hash = automerge::ChangeHash(*id);
+        self.staged_at.contains_key(&hash) || self.doc.get_change_meta_by_hash(&hash).is_some()
     }
 
     fn drop_waiting_units(&mut self) {
+        // The document is saved and loaded: it must hold the staged ones.
+        let _ = self.apply_staged();
         let bytes = self.doc.save_with_options(NO_ORPHANS);
         let actor = self.doc.get_actor().clone();
         // Our own save always loads; should it not, keeping the document
@@ -1255,6 +1372,9 @@ impl Replica for AutomergeReplica {
     }
 
     fn merge_from(&mut self, mut other: Self) -> Result<(), ReplicaError> {
+        // The map and the clock are read from the merged document.
+        self.apply_staged()?;
+        other.apply_staged()?;
         let merged = self
             .doc
             .merge(&mut other.doc)
@@ -1284,10 +1404,24 @@ impl Replica for AutomergeReplica {
             .iter()
             .map(|c| (c.hash(), c.raw_bytes().to_vec()))
             .collect();
-        let applied = self
-            .doc
-            .apply_changes(changes)
-            .map_err(|e| ReplicaError::Apply(e.to_string()));
+        let applied = if self.can_stage(&changes) {
+            for c in changes {
+                if !self.holds_change(&c) && !self.staged_at.contains_key(&c.hash()) {
+                    self.staged_at.insert(c.hash(), self.staged.len());
+                    self.staged_bytes += c.raw_bytes().len();
+                    self.staged.push(c);
+                }
+            }
+            Ok(())
+        } else {
+            // automerge holds back what waits for a dependency; it must
+            // see everything taken before.
+            self.apply_staged().and_then(|()| {
+                self.doc
+                    .apply_changes(changes)
+                    .map_err(|e| ReplicaError::Apply(e.to_string()))
+            })
+        };
         if applied.is_ok() {
             if summary.is_some() {
                 peer.their_summary = summary;
@@ -1334,10 +1468,15 @@ impl Replica for AutomergeReplica {
                 self.add_to_map(pairs);
             }
         }
+        if self.staged.len() >= self.stage_limit() || self.staged_bytes >= STAGE_MAX_BYTES {
+            self.apply_staged()?;
+        }
         applied
     }
 
     fn save(&mut self) -> Vec<u8> {
+        // (On the unexpected failure the document is saved as it is.)
+        let _ = self.apply_staged();
         self.saved_heads = self.doc.get_heads();
         self.saved_own_seq = self.own_seq();
         self.doc.save_with_options(NO_ORPHANS)
