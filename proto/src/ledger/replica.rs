@@ -619,12 +619,6 @@ impl AutomergeReplica {
         (self.map.len() / 8).clamp(STAGE_MIN, STAGE_MAX)
     }
 
-    /// Applies every staged change to the document (for tests and
-    /// measurements that read the document itself).
-    pub fn apply_all(&mut self) -> Result<(), ReplicaError> {
-        self.apply_staged()
-    }
-
     /// How many peers' changes are staged, not applied to the document yet.
     pub fn staged_len(&self) -> usize {
         self.staged.len()
@@ -1073,7 +1067,7 @@ impl AutomergeReplica {
     }
 
     /// The automerge document (for measurements). Peers' changes still
-    /// staged are not in it yet: see [`AutomergeReplica::apply_all`].
+    /// staged are not in it yet; a full save applies them.
     pub fn doc(&self) -> &Automerge {
         &self.doc
     }
